@@ -1,0 +1,309 @@
+//! The daemon's configuration file (TOML), one section per pipeline stage.
+//!
+//! Unknown keys are rejected so a misspelt setting never silently keeps its
+//! default. Syntax and type errors carry the line and column the TOML parser
+//! reports; range checks run after parsing and report every bad value at
+//! once, each with its key and line.
+
+use std::{fmt, path::{Path, PathBuf}};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest argv copy the kernel programs support.
+pub const ARGV_MAX_BYTES_LIMIT: u32 = sensor_common::ARGV_CAPACITY as u32 - 1;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub probes: ProbesConfig,
+    pub process: ProcessConfig,
+    pub output: OutputConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Size of the kernel-to-daemon ring buffer in bytes: a power of two and
+    /// a multiple of the page size. A larger buffer absorbs longer bursts.
+    pub ring_buffer_bytes: u32,
+    /// Bytes of each command line copied at exec; longer ones are cut and
+    /// marked truncated. At most 8191.
+    pub argv_max_bytes: u32,
+    /// Also report new threads, not only new processes.
+    pub report_threads: bool,
+    /// How often the kernel loss counters are read, in milliseconds.
+    pub loss_check_interval_ms: u64,
+    /// Raw BTF of the running kernel, the source of struct offsets.
+    pub btf_path: PathBuf,
+    /// Where tracefs is, or is mounted when absent.
+    pub tracefs_path: PathBuf,
+    /// Where bpffs is, or is mounted when absent.
+    pub bpffs_path: PathBuf,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 8 << 20,
+            argv_max_bytes: 4095,
+            report_threads: false,
+            loss_check_interval_ms: 1000,
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            tracefs_path: PathBuf::from("/sys/kernel/tracing"),
+            bpffs_path: PathBuf::from("/sys/fs/bpf"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// The proc file system to scan at start and to read exe links from.
+    pub procfs_path: PathBuf,
+    /// How long an exited process stays in the table, in seconds, so that
+    /// records arriving after its exit still find its identity.
+    pub exited_retention_secs: u64,
+    /// Upper bound on processes kept in the table; exited ones go first.
+    pub max_processes: usize,
+    /// Executables larger than this many bytes are not hashed, and their
+    /// `exe_sha256` is reported unknown with the reason.
+    pub max_hash_bytes: u64,
+    /// Upper bound on ancestors listed per record.
+    pub max_ancestry: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            procfs_path: PathBuf::from("/proc"),
+            exited_retention_secs: 60,
+            max_processes: 65536,
+            max_hash_bytes: 512 << 20,
+            max_ancestry: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Write records as JSON lines to standard output.
+    pub stdout: bool,
+    /// Append records as JSON lines to this file; an empty string disables
+    /// the file.
+    pub evidence_path: PathBuf,
+    /// Flush buffered records at least this often, in milliseconds.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            evidence_path: PathBuf::from("/var/lib/agent-sensor/evidence.jsonl"),
+            flush_interval_ms: 200,
+        }
+    }
+}
+
+impl OutputConfig {
+    /// Returns the evidence file, `None` when disabled.
+    pub fn evidence_file(&self) -> Option<&Path> {
+        (!self.evidence_path.as_os_str().is_empty()).then_some(self.evidence_path.as_path())
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub key: String,
+    /// 1-based line, when the key appears in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {}", format_problems(.problems))]
+    Invalid { path: PathBuf, problems: Vec<ConfigProblem> },
+}
+
+fn format_problems(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Parses and validates configuration text, returning every problem found.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        let config: Config = toml::from_str(text).map_err(|error| vec![parse_problem(text, &error)])?;
+        let problems = config.validate(text);
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+
+    fn validate(&self, text: &str) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut check = |section: &str, key: &str, ok: bool, message: String| {
+            if !ok {
+                problems.push(ConfigProblem {
+                    key: format!("{section}.{key}"),
+                    line: find_key_line(text, section, key),
+                    message,
+                });
+            }
+        };
+        let ring = self.probes.ring_buffer_bytes;
+        check(
+            "probes",
+            "ring_buffer_bytes",
+            ring.is_power_of_two() && ring >= 4096,
+            format!("{ring} is not a power of two of at least 4096"),
+        );
+        let argv = self.probes.argv_max_bytes;
+        check(
+            "probes",
+            "argv_max_bytes",
+            argv <= ARGV_MAX_BYTES_LIMIT,
+            format!("{argv} exceeds the kernel capture limit of {ARGV_MAX_BYTES_LIMIT}"),
+        );
+        check(
+            "probes",
+            "loss_check_interval_ms",
+            self.probes.loss_check_interval_ms > 0,
+            "must be greater than 0".to_owned(),
+        );
+        check(
+            "process",
+            "max_processes",
+            self.process.max_processes >= 1024,
+            format!("{} is below the minimum of 1024", self.process.max_processes),
+        );
+        check(
+            "output",
+            "flush_interval_ms",
+            self.output.flush_interval_ms > 0,
+            "must be greater than 0".to_owned(),
+        );
+        check(
+            "output",
+            "evidence_path",
+            self.output.stdout || self.output.evidence_file().is_some(),
+            "no output: set evidence_path or enable stdout".to_owned(),
+        );
+        problems
+    }
+}
+
+fn parse_problem(text: &str, error: &toml::de::Error) -> ConfigProblem {
+    let line = error.span().map(|span| line_of_offset(text, span.start));
+    // The parser's message repeats the position and a source excerpt; the
+    // last line is the reason itself.
+    let message = error.message().lines().last().unwrap_or("invalid TOML").trim().to_owned();
+    let key = error
+        .span()
+        .map(|span| text.get(span.clone()).unwrap_or("").trim().to_owned())
+        .filter(|excerpt| !excerpt.is_empty() && !excerpt.contains('\n'))
+        .unwrap_or_else(|| "(document)".to_owned());
+    ConfigProblem { key, line, message }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+/// Finds the line of `key` inside `[section]`, for messages about values
+/// that parsed but are out of range.
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+            current = header.trim().to_owned();
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else { continue };
+        let name = name.trim();
+        let dotted = format!("{section}.{key}");
+        if (current == section && name == key) || (current.is_empty() && name == dotted) {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let problems = Config::parse("[probes]\nargv_max_bytes = 100\nring_bufer_bytes = 4096\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(3));
+        assert_eq!(problems[0].key, "ring_bufer_bytes");
+        assert!(problems[0].message.contains("unknown field"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let problems = Config::parse("[output]\n\nstdout = \"yes\"\n").unwrap_err();
+        assert_eq!(problems[0].line, Some(3));
+        assert!(problems[0].message.contains("bool"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn range_problems_reported_together() {
+        let text = "[probes]\nring_buffer_bytes = 5000\nargv_max_bytes = 9000\n";
+        let problems = Config::parse(text).unwrap_err();
+        assert_eq!(problems.len(), 2);
+        assert_eq!(problems[0].key, "probes.ring_buffer_bytes");
+        assert_eq!(problems[0].line, Some(2));
+        assert_eq!(problems[1].key, "probes.argv_max_bytes");
+        assert_eq!(problems[1].line, Some(3));
+    }
+
+    #[test]
+    fn no_output_rejected() {
+        let problems = Config::parse("[output]\nstdout = false\nevidence_path = \"\"\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "output.evidence_path");
+        assert_eq!(problems[0].line, Some(3));
+    }
+}

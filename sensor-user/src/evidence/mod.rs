@@ -1,0 +1,312 @@
+//! Pipeline stage 9: enriched events in, evidence records out.
+//!
+//! Defines the record schema documented in `docs/schema.md`: every record
+//! carries the schema version, a sortable unique id, a sequence number, the
+//! wall-clock time derived from the kernel's boot-time clock, and its kind.
+//! Views borrow from the process table so building a record copies little.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{
+    net::Endpoint,
+    process::{Origin, Process, ProcessTable},
+};
+
+/// Version of the record layout; bumped on any incompatible change.
+pub const SCHEMA: &str = "agent-sensor/0.1";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub boot_id: String,
+}
+
+/// Converts the kernel's boot-time clock to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock nanoseconds at boot: realtime minus boottime, sampled once.
+    boot_epoch_ns: i128,
+}
+
+impl Clock {
+    pub fn from_system() -> Self {
+        let read = |clock| {
+            // SAFETY: clock_gettime writes into the zeroed timespec.
+            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+            // SAFETY: `ts` is a valid out pointer for the call.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let boot = read(libc::CLOCK_BOOTTIME);
+        let real = read(libc::CLOCK_REALTIME);
+        Self { boot_epoch_ns: real - boot }
+    }
+
+    /// Boot-time nanoseconds now, the clock the kernel stamps events with.
+    pub fn boot_now_ns() -> u64 {
+        // SAFETY: as in `from_system`.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `ts` is a valid out pointer for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    pub fn wall_ns(&self, boot_ns: u64) -> u64 {
+        (self.boot_epoch_ns + boot_ns as i128).max(0) as u64
+    }
+}
+
+/// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(unix_ns: u64) -> String {
+    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
+}
+
+/// The record's fixed head, assigned in write order.
+#[derive(Debug, Serialize)]
+pub struct Head<'a> {
+    pub schema: &'static str,
+    pub id: String,
+    pub seq: u64,
+    pub time: String,
+    pub time_unix_nano: u64,
+    pub kind: &'static str,
+    pub host: &'a Host,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    #[serde(flatten)]
+    pub head: Head<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<serde_json::Value>,
+}
+
+/// Assigns sequence numbers and ids, and stamps times.
+pub struct Stamper {
+    pub host: Host,
+    pub clock: Clock,
+    next_seq: u64,
+}
+
+impl Stamper {
+    pub fn new(host: Host, clock: Clock) -> Self {
+        Self { host, clock, next_seq: 0 }
+    }
+
+    /// Builds the head of the next record for an event at boot-time `boot_ns`.
+    pub fn head(&mut self, kind: &'static str, boot_ns: u64) -> Head<'_> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let unix_ns = self.clock.wall_ns(boot_ns);
+        Head {
+            schema: SCHEMA,
+            // Time first, so ids sort by time; the sequence makes them unique.
+            id: format!("{unix_ns:016x}-{seq:08x}"),
+            seq,
+            time: rfc3339(unix_ns),
+            time_unix_nano: unix_ns,
+            kind,
+            host: &self.host,
+        }
+    }
+
+    pub fn wall_now_ns() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadView {
+    pub tid: u32,
+}
+
+/// The parent's identity, including its command line, so a forked child's
+/// record shows whose code it runs without claiming that argv as its own.
+#[derive(Debug, Serialize)]
+pub struct ParentView<'a> {
+    pub pid: u32,
+    pub exec_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<&'a [String]>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessView<'a> {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u32>,
+    pub ppid: u32,
+    pub exec_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_exec_id: Option<&'a str>,
+    pub origin: Origin,
+    pub start_time: String,
+    pub exe: Option<&'a str>,
+    pub exe_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_path: Option<&'a str>,
+    /// Absent for a forked child that has not exec'd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv_bytes: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub comm: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fileless: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<ThreadView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentView<'a>>,
+    pub ancestry: Vec<Arc<str>>,
+    /// Field name to the reason it is unknown.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_unknown")]
+    pub unknown: Vec<(&'static str, &'a str)>,
+}
+
+fn serialize_unknown<S: serde::Serializer>(items: &[(&'static str, &str)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(items.len()))?;
+    for (field, reason) in items {
+        map.serialize_entry(field, reason)?;
+    }
+    map.end()
+}
+
+impl<'a> ProcessView<'a> {
+    /// Builds the view of `process`; `tid` is the acting thread when it is
+    /// not the thread-group leader.
+    pub fn new(table: &'a ProcessTable, process: &'a Process, tid: Option<u32>, clock: &Clock, start_ns: u64) -> Self {
+        let parent = process.parent.and_then(|key| table.get(&key)).map(|parent| ParentView {
+            pid: parent.key.pid,
+            exec_id: &parent.exec_id,
+            exe: parent.exe.path.as_deref(),
+            argv: parent.argv.as_deref(),
+        });
+        let mut unknown: Vec<(&'static str, &'a str)> =
+            process.unknown.iter().map(|(field, reason)| (*field, reason.as_str())).collect();
+        if let Some(reason) = &process.exe.path_unknown {
+            unknown.push(("exe", reason));
+        }
+        if let Some(reason) = &process.exe.sha256_unknown {
+            unknown.push(("exe_sha256", reason));
+        }
+        ProcessView {
+            pid: process.key.pid,
+            ns_pid: process.ns_pid,
+            pid_ns: process.pid_ns,
+            ppid: process.ppid,
+            exec_id: &process.exec_id,
+            parent_exec_id: process.parent_exec_id.as_deref(),
+            origin: process.origin,
+            start_time: rfc3339(clock.wall_ns(start_ns)),
+            exe: process.exe.path.as_deref(),
+            exe_sha256: process.exe.sha256.as_deref(),
+            exec_path: process.exec_path.as_deref(),
+            argv: process.argv.as_deref(),
+            argv_truncated: process.argv_truncated,
+            argv_bytes: process.argv_bytes,
+            uid: process.uid,
+            gid: process.gid,
+            comm: &process.comm,
+            cgroup_id: process.cgroup_id,
+            cgroup: process.cgroup_path.as_deref(),
+            fileless: process.fileless,
+            thread: tid.filter(|&tid| tid != process.key.pid).map(|tid| ThreadView { tid }),
+            parent,
+            ancestry: table.ancestry(process.key),
+            unknown,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetworkView {
+    pub protocol: &'static str,
+    pub destination: Option<Endpoint>,
+    /// The connect syscall's return: `ok` or an errno name.
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// For a non-blocking connect: `established`, `pending` (a
+    /// `net.connect_result` record follows), an errno name, or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExitView {
+    /// Exit status when the process exited normally.
+    pub code: Option<u32>,
+    /// Terminating signal number when it was killed.
+    pub signal: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub core_dumped: bool,
+}
+
+impl ExitView {
+    /// Decodes a kernel wait status.
+    pub fn from_status(status: u32) -> Self {
+        let signal = status & 0x7f;
+        if signal == 0 {
+            ExitView { code: Some((status >> 8) & 0xff), signal: None, core_dumped: false }
+        } else {
+            ExitView { code: None, signal: Some(signal), core_dumped: status & 0x80 != 0 }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_decoding() {
+        let normal = ExitView::from_status(3 << 8);
+        assert_eq!((normal.code, normal.signal), (Some(3), None));
+        let killed = ExitView::from_status(9);
+        assert_eq!((killed.code, killed.signal), (None, Some(9)));
+        assert!(ExitView::from_status(11 | 0x80).core_dumped);
+    }
+
+    #[test]
+    fn ids_sort_by_time_then_seq() {
+        let host = Host { name: "h".into(), boot_id: "b".into() };
+        let mut stamper = Stamper::new(host, Clock { boot_epoch_ns: 1_000_000_000 });
+        let first = stamper.head("x", 5).id;
+        let second = stamper.head("x", 5).id;
+        let later = stamper.head("x", 6).id;
+        assert!(first < second && second < later, "{first} {second} {later}");
+    }
+
+    #[test]
+    fn rfc3339_format() {
+        assert_eq!(rfc3339(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456789Z");
+    }
+}

@@ -1,0 +1,237 @@
+//! Pipeline stage 1: kernel programs in, typed kernel events out.
+//!
+//! Mounts tracefs and bpffs when they are absent, resolves struct offsets
+//! from the kernel's BTF, loads the embedded programs and attaches each hook
+//! on its own: a hook the kernel refuses is reported as degraded with the
+//! kernel's reason and the others keep running. Only failures that leave no
+//! useful sensor (no BTF, no permission to load BPF at all) are fatal.
+//! Records are decoded in [`decode`]; the ring buffer is drained by the
+//! daemon loop.
+
+pub mod btf;
+pub mod decode;
+pub mod mounts;
+pub mod offsets;
+
+use std::path::PathBuf;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use sensor_common::{EventKind, ProgramConfig, EVENT_KIND_COUNT};
+
+use crate::config::ProbesConfig;
+
+/// The kernel programs, embedded at build time when available.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this agent-sensor binary was built without its kernel programs; build it with `cargo xtask build`"
+    )]
+    ObjectMissing,
+    #[error("cannot read kernel BTF from {path} (agent-sensor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
+    Btf {
+        path: PathBuf,
+        #[source]
+        source: btf::BtfError,
+    },
+    #[error(transparent)]
+    Offsets(#[from] offsets::TaskOffsetsMissing),
+    #[error("the kernel refused to load the eBPF programs{hint}")]
+    Load {
+        hint: &'static str,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("eBPF map {name} is missing from the object or has the wrong type")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Option<aya::maps::MapError>,
+    },
+}
+
+/// A hook or capability that is not running, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Degraded {
+    pub hook: String,
+    pub reason: String,
+}
+
+/// What start-up did: hooks attached, hooks degraded, file systems mounted.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StartReport {
+    pub attached: Vec<String>,
+    pub degraded: Vec<Degraded>,
+    pub mounted: Vec<String>,
+}
+
+/// Loaded and attached kernel programs. Dropping this detaches them.
+pub struct Probes {
+    // Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    /// Taken by the daemon loop, which owns the reading side.
+    pub events: Option<RingBuf<MapData>>,
+    losses: PerCpuArray<MapData, u64>,
+    pub report: StartReport,
+}
+
+enum Hook {
+    TracePoint { category: &'static str, name: &'static str },
+    Raw { name: &'static str },
+}
+
+/// Program name in the object, and where it attaches.
+const HOOKS: &[(&str, Hook)] = &[
+    ("sched_process_exec", Hook::TracePoint { category: "sched", name: "sched_process_exec" }),
+    ("sched_process_fork", Hook::Raw { name: "sched_process_fork" }),
+    ("sched_process_exit", Hook::TracePoint { category: "sched", name: "sched_process_exit" }),
+    ("sys_enter_connect", Hook::TracePoint { category: "syscalls", name: "sys_enter_connect" }),
+    ("sys_exit_connect", Hook::TracePoint { category: "syscalls", name: "sys_exit_connect" }),
+    ("inet_sock_set_state", Hook::TracePoint { category: "sock", name: "inet_sock_set_state" }),
+];
+
+impl Probes {
+    /// Loads and attaches every hook this kernel allows.
+    pub fn start(config: &ProbesConfig) -> Result<Probes, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::ObjectMissing);
+        }
+        let mut report = StartReport::default();
+        raise_memlock_limit();
+        match mounts::ensure_tracefs(&config.tracefs_path) {
+            Ok(Some(note)) => report.mounted.push(note),
+            Ok(None) => {}
+            Err(error) => report.degraded.push(Degraded {
+                hook: "tracefs".to_owned(),
+                reason: format!("{error:#}; tracepoint hooks cannot attach"),
+            }),
+        }
+        match mounts::ensure_bpffs(&config.bpffs_path) {
+            Ok(Some(note)) => report.mounted.push(note),
+            Ok(None) => {}
+            Err(error) => report.degraded.push(Degraded { hook: "bpffs".to_owned(), reason: error.to_string() }),
+        }
+
+        let btf = btf::Btf::from_file(&config.btf_path)
+            .map_err(|source| ProbeError::Btf { path: config.btf_path.clone(), source })?;
+        let (mut kernel_offsets, missing) = offsets::resolve(&btf)?;
+        for group in missing {
+            report.degraded.push(Degraded { hook: group.capability.to_owned(), reason: group.reason });
+        }
+        let exit_format = config.tracefs_path.join("events/sched/sched_process_exit/format");
+        match std::fs::read_to_string(&exit_format) {
+            Ok(text) => match offsets::tracepoint_field_offset(&text, "group_dead") {
+                Some(offset) => kernel_offsets.exit_group_dead = offset,
+                None => report.degraded.push(Degraded {
+                    hook: "process.exit_group_dead".to_owned(),
+                    reason: "sched_process_exit has no group_dead field on this kernel, so exits are reported when the thread-group leader exits".to_owned(),
+                }),
+            },
+            Err(error) => log::warn!("cannot read {}: {error}", exit_format.display()),
+        }
+
+        let program_config = ProgramConfig {
+            argv_max_bytes: config.argv_max_bytes,
+            report_threads: u32::from(config.report_threads),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &kernel_offsets, true)
+            .override_global("CONFIG", &program_config, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|source| ProbeError::Load { hint: load_hint(), source })?;
+
+        for (program, hook) in HOOKS {
+            match attach(&mut ebpf, program, hook) {
+                Ok(()) => report.attached.push((*program).to_owned()),
+                Err(reason) => {
+                    log::warn!("hook {program} is not running: {reason}");
+                    report.degraded.push(Degraded { hook: (*program).to_owned(), reason });
+                }
+            }
+        }
+
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::Map { name: "EVENTS", source: None })
+            .and_then(|map| {
+                RingBuf::try_from(map).map_err(|e| ProbeError::Map { name: "EVENTS", source: Some(e) })
+            })?;
+        let losses = ebpf
+            .take_map("LOSSES")
+            .ok_or(ProbeError::Map { name: "LOSSES", source: None })
+            .and_then(|map| {
+                PerCpuArray::try_from(map).map_err(|e| ProbeError::Map { name: "LOSSES", source: Some(e) })
+            })?;
+        Ok(Probes { _ebpf: ebpf, events: Some(events), losses, report })
+    }
+
+    /// Reads the kernel's cumulative reservation failures per event kind.
+    pub fn losses(&self) -> [u64; EVENT_KIND_COUNT as usize] {
+        let mut totals = [0u64; EVENT_KIND_COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            if let Ok(values) = self.losses.get(&(index as u32), 0) {
+                *total = values.iter().sum();
+            }
+        }
+        totals
+    }
+}
+
+/// Names of the loss counters, in index order.
+pub fn loss_kind_name(index: usize) -> &'static str {
+    EventKind::from_u32(index as u32).map_or("unknown", EventKind::name)
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, hook: &Hook) -> Result<(), String> {
+    let Some(prog) = ebpf.program_mut(program) else {
+        return Err("program missing from the eBPF object".to_owned());
+    };
+    let chain = |e: &dyn std::error::Error| {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    };
+    match hook {
+        Hook::TracePoint { category, name } => {
+            let tp: &mut TracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            tp.load().map_err(|e| format!("load: {}", chain(&e)))?;
+            tp.attach(category, name).map_err(|e| format!("attach to {category}/{name}: {}", chain(&e)))?;
+        }
+        Hook::Raw { name } => {
+            let tp: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            tp.load().map_err(|e| format!("load: {}", chain(&e)))?;
+            tp.attach(name).map_err(|e| format!("attach to raw tracepoint {name}: {}", chain(&e)))?;
+        }
+    }
+    Ok(())
+}
+
+fn load_hint() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        " (run as root, or grant CAP_BPF and CAP_PERFMON)"
+    } else {
+        ""
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore
+/// it, so a failure here is only logged.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct passed by reference.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        log::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}

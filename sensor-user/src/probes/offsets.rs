@@ -1,0 +1,130 @@
+//! Resolves the kernel struct offsets the programs read, from BTF.
+//!
+//! Offsets are grouped by the capability they serve. A group that cannot be
+//! resolved is switched off in the programs and reported as degraded, except
+//! the task group, without which no record can name its process.
+
+use sensor_common::KernelOffsets;
+
+use super::btf::{Btf, BtfError};
+
+/// A capability whose offsets could not be resolved, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingGroup {
+    pub capability: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("required kernel struct offsets are missing from BTF: {0}")]
+pub struct TaskOffsetsMissing(#[source] pub BtfError);
+
+/// Resolves every group; returns the offsets and the groups left off.
+pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffsetsMissing> {
+    let mut offsets = KernelOffsets::default();
+    let mut missing = Vec::new();
+
+    resolve_task(btf, &mut offsets).map_err(TaskOffsetsMissing)?;
+    offsets.task_ok = 1;
+
+    let groups: [(&'static str, fn(&Btf, &mut KernelOffsets) -> Result<(), BtfError>, fn(&mut KernelOffsets)); 3] = [
+        ("exec.argv_and_exe", resolve_mm, |o| o.mm_ok = 1),
+        ("process.pid_namespace", resolve_pidns, |o| o.pidns_ok = 1),
+        ("net.socket_type", resolve_socket, |o| o.socket_ok = 1),
+    ];
+    for (capability, resolve_group, enable) in groups {
+        match resolve_group(btf, &mut offsets) {
+            Ok(()) => enable(&mut offsets),
+            Err(error) => missing.push(MissingGroup { capability, reason: error.to_string() }),
+        }
+    }
+    Ok((offsets, missing))
+}
+
+fn resolve_task(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.task_pid = btf.member_offset("task_struct", "pid")?;
+    o.task_tgid = btf.member_offset("task_struct", "tgid")?;
+    o.task_real_parent = btf.member_offset("task_struct", "real_parent")?;
+    o.task_group_leader = btf.member_offset("task_struct", "group_leader")?;
+    o.task_start_boottime = btf.member_offset("task_struct", "start_boottime")?;
+    o.task_mm = btf.member_offset("task_struct", "mm")?;
+    o.task_exit_code = btf.member_offset("task_struct", "exit_code")?;
+    Ok(())
+}
+
+fn resolve_mm(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.mm_arg_start = btf.member_offset("mm_struct", "arg_start")?;
+    o.mm_arg_end = btf.member_offset("mm_struct", "arg_end")?;
+    o.mm_exe_file = btf.member_offset("mm_struct", "exe_file")?;
+    o.file_inode = btf.member_offset("file", "f_inode")?;
+    o.file_dentry = btf.member_offset("file", "f_path.dentry")?;
+    o.dentry_name = btf.member_offset("dentry", "d_name.name")?;
+    o.inode_ino = btf.member_offset("inode", "i_ino")?;
+    o.inode_sb = btf.member_offset("inode", "i_sb")?;
+    o.inode_nlink = btf.member_offset("inode", "__i_nlink")?;
+    o.sb_dev = btf.member_offset("super_block", "s_dev")?;
+    Ok(())
+}
+
+fn resolve_pidns(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.task_thread_pid = btf.member_offset("task_struct", "thread_pid")?;
+    o.pid_level = btf.member_offset("pid", "level")?;
+    o.pid_numbers = btf.member_offset("pid", "numbers")?;
+    o.upid_size = btf.struct_size("upid")?;
+    o.upid_nr = btf.member_offset("upid", "nr")?;
+    o.upid_ns = btf.member_offset("upid", "ns")?;
+    o.pidns_inum = btf.member_offset("pid_namespace", "ns.inum")?;
+    Ok(())
+}
+
+fn resolve_socket(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.task_files = btf.member_offset("task_struct", "files")?;
+    o.files_fdt = btf.member_offset("files_struct", "fdt")?;
+    o.fdtable_max_fds = btf.member_offset("fdtable", "max_fds")?;
+    o.fdtable_fd = btf.member_offset("fdtable", "fd")?;
+    o.file_private_data = btf.member_offset("file", "private_data")?;
+    o.socket_type = btf.member_offset("socket", "type")?;
+    o.socket_sk = btf.member_offset("socket", "sk")?;
+    o.sock_err = btf.member_offset("sock", "sk_err")?;
+    Ok(())
+}
+
+/// Finds a field's offset in a tracepoint's `format` file, `None` when the
+/// field is absent (older kernels lack `group_dead` in `sched_process_exit`).
+pub fn tracepoint_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let declaration = parts.next()?.trim().strip_prefix("field:")?;
+        let name = declaration.split_whitespace().last()?;
+        if name.trim_start_matches('*') != field {
+            return None;
+        }
+        parts.find_map(|part| part.trim().strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracepoint_format_offset() {
+        let format = "name: sched_process_exit\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(tracepoint_field_offset(format, "group_dead"), Some(32));
+        assert_eq!(tracepoint_field_offset(format, "prio"), None);
+    }
+
+    #[test]
+    fn live_kernel_offsets_resolve() {
+        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("skipped: {} is absent, so this kernel has no BTF", path.display());
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let (offsets, missing) = resolve(&btf).unwrap();
+        assert_eq!(missing, vec![], "every capability resolves on a BTF kernel");
+        assert!(offsets.task_tgid > 0 && offsets.task_start_boottime > 0);
+        assert_eq!(offsets.upid_size, 16);
+    }
+}

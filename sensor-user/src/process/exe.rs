@@ -1,0 +1,222 @@
+//! Executable identity: which file a process runs and its sha256.
+//!
+//! A short-lived process is often gone before its record is built, so the
+//! file is found in order of trust: the process's own `/proc/PID/exe` link
+//! while it lives, then the exec path if it still names the same inode the
+//! kernel reported. Hashes are cached by device, inode, mtime and size, so a
+//! binary run a thousand times is read once.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+/// Identity of a file's content as far as the hash cache is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileVersion {
+    dev: u64,
+    inode: u64,
+    mtime_ns: i64,
+    size: u64,
+}
+
+/// What the kernel reported about the executable at exec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelExe {
+    pub inode: u64,
+    /// Kernel-internal device number (`MAJOR << 20 | MINOR`).
+    pub dev: u32,
+}
+
+impl KernelExe {
+    /// Converts the kernel's device encoding to the one `stat` returns.
+    fn user_dev(self) -> u64 {
+        libc::makedev(self.dev >> 20, self.dev & 0xfffff)
+    }
+
+    fn matches(self, meta: &std::fs::Metadata) -> bool {
+        self.inode == 0 || (meta.ino() == self.inode && meta.dev() == self.user_dev())
+    }
+}
+
+/// The resolved executable: path and hash, each with the reason when unknown.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExeInfo {
+    pub path: Option<String>,
+    pub path_unknown: Option<String>,
+    pub sha256: Option<String>,
+    pub sha256_unknown: Option<String>,
+}
+
+pub struct ExeResolver {
+    procfs: PathBuf,
+    max_hash_bytes: u64,
+    cache: HashMap<FileVersion, String>,
+    max_cache_entries: usize,
+}
+
+impl ExeResolver {
+    pub fn new(procfs: PathBuf, max_hash_bytes: u64) -> Self {
+        Self { procfs, max_hash_bytes, cache: HashMap::new(), max_cache_entries: 8192 }
+    }
+
+    /// Resolves a process's executable from its live `/proc` entry, falling
+    /// back to `exec_path` when it names the inode the kernel reported.
+    pub fn resolve(&mut self, pid: u32, kernel: KernelExe, exec_path: Option<&str>) -> ExeInfo {
+        let link = self.procfs.join(pid.to_string()).join("exe");
+        if let Ok(file) = File::open(&link) {
+            if let Ok(meta) = file.metadata() {
+                if kernel.matches(&meta) {
+                    let path = std::fs::read_link(&link).ok().map(|p| p.to_string_lossy().into_owned());
+                    return self.finish(file, &meta, path);
+                }
+            }
+        }
+        let reason_gone = "process exited or exec'd again before /proc/PID/exe was read";
+        if let Some(candidate) = exec_path.filter(|p| p.starts_with('/')) {
+            if let Ok(file) = File::open(candidate) {
+                if let Ok(meta) = file.metadata() {
+                    if kernel.matches(&meta) {
+                        return self.finish(file, &meta, Some(candidate.to_owned()));
+                    }
+                }
+            }
+            return ExeInfo {
+                path: None,
+                path_unknown: Some(format!(
+                    "{reason_gone}, and {candidate} is not the executed inode (a script's interpreter, or a replaced file)"
+                )),
+                sha256: None,
+                sha256_unknown: Some("executable file not found".to_owned()),
+            };
+        }
+        ExeInfo {
+            path: None,
+            path_unknown: Some(format!("{reason_gone}, and the exec path is not absolute")),
+            sha256: None,
+            sha256_unknown: Some("executable file not found".to_owned()),
+        }
+    }
+
+    /// Resolves the executable of a process found by the start-up scan.
+    pub fn resolve_path(&mut self, pid: u32, path: Option<&Path>) -> ExeInfo {
+        let link = self.procfs.join(pid.to_string()).join("exe");
+        match File::open(&link).and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok((file, meta)) => {
+                let path = path.map(|p| p.to_string_lossy().into_owned());
+                self.finish(file, &meta, path)
+            }
+            Err(error) => ExeInfo {
+                path: path.map(|p| p.to_string_lossy().into_owned()),
+                path_unknown: path.is_none().then(|| format!("cannot read {}: {error}", link.display())),
+                sha256: None,
+                sha256_unknown: Some(format!("cannot open {}: {error}", link.display())),
+            },
+        }
+    }
+
+    fn finish(&mut self, file: File, meta: &std::fs::Metadata, path: Option<String>) -> ExeInfo {
+        let (sha256, sha256_unknown) = match self.hash(file, meta) {
+            Ok(hash) => (Some(hash), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        let path_unknown = path.is_none().then(|| "exe link unreadable".to_owned());
+        ExeInfo { path, path_unknown, sha256, sha256_unknown }
+    }
+
+    fn hash(&mut self, mut file: File, meta: &std::fs::Metadata) -> Result<String, String> {
+        let version = FileVersion {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            size: meta.size(),
+        };
+        if let Some(hash) = self.cache.get(&version) {
+            return Ok(hash.clone());
+        }
+        if meta.size() > self.max_hash_bytes {
+            return Err(format!(
+                "executable is {} bytes, above process.max_hash_bytes ({})",
+                meta.size(),
+                self.max_hash_bytes
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(error) => return Err(format!("reading the executable failed: {error}")),
+            }
+        }
+        let hash = hex(&hasher.finalize());
+        if self.cache.len() >= self.max_cache_entries {
+            // Rare: more distinct binaries than entries. Starting over costs
+            // one re-read per binary and keeps memory bounded.
+            self.cache.clear();
+        }
+        self.cache.insert(version, hash.clone());
+        Ok(hash)
+    }
+
+    /// Number of cached hashes, for metrics and tests.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// Formats bytes as lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_path_fallback_hashes_and_caches() {
+        let dir = std::env::temp_dir().join(format!("agent-sensor-exe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tool");
+        std::fs::write(&file, b"abc").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let kdev = ((libc::major(meta.dev())) << 20) | libc::minor(meta.dev());
+        let kernel = KernelExe { inode: meta.ino(), dev: kdev };
+        // An empty procfs root: the process is "gone".
+        let mut resolver = ExeResolver::new(dir.join("no-proc"), 1 << 20);
+        let info = resolver.resolve(1, kernel, file.to_str());
+        assert_eq!(info.path.as_deref(), file.to_str());
+        assert_eq!(
+            info.sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(resolver.cached(), 1);
+
+        let other = KernelExe { inode: meta.ino() + 1, dev: kdev };
+        let info = resolver.resolve(1, other, file.to_str());
+        assert_eq!(info.path, None);
+        assert!(info.path_unknown.unwrap().contains("not the executed inode"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn oversized_executable_not_hashed() {
+        let mut resolver = ExeResolver::new(PathBuf::from("/nonexistent"), 1);
+        let exe = std::env::current_exe().unwrap();
+        let info = resolver.resolve(1, KernelExe::default(), exe.to_str());
+        assert_eq!(info.sha256, None);
+        assert!(info.sha256_unknown.unwrap().contains("max_hash_bytes"));
+    }
+}
