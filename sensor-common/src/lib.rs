@@ -268,6 +268,10 @@ pub struct ProgramConfig {
     pub argv_max_bytes: u32,
     /// Send fork records for new threads too, not only new processes.
     pub report_threads: u32,
+    /// Unread bytes in the ring buffer above which a record wakes the
+    /// daemon; below it the daemon's drain timer picks records up.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
 }
 
 /// Value of the in-kernel map of connects in flight, keyed by the socket's

@@ -19,6 +19,7 @@ use aya_ebpf::{
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
             bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_ringbuf_output,
+            bpf_ringbuf_query,
         },
     },
     macros::{map, raw_tracepoint, tracepoint},
@@ -36,6 +37,8 @@ static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 static CONFIG: ProgramConfig = ProgramConfig {
     argv_max_bytes: 4095,
     report_threads: 0,
+    wakeup_bytes: 0,
+    _pad: 0,
 };
 
 /// The daemon resizes this map from its configuration before load.
@@ -107,11 +110,26 @@ fn read_kernel<T: Default>(base: u64, offset: u32) -> T {
     if ret < 0 { T::default() } else { value }
 }
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Waking the reader for every record costs a context switch per event on
+/// exec storms, so records are queued silently until the unread data passes
+/// the configured threshold; the daemon also drains on a short timer.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    // SAFETY: the map pointer is this program's ring buffer.
+    let unread = unsafe { bpf_ringbuf_query(EVENTS_PTR(), BPF_RB_AVAIL_DATA) };
+    if unread >= config().wakeup_bytes as u64 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+}
+
 /// Sends `len` bytes starting at `data` as one record, counting a failure.
 #[inline(always)]
 fn output_bytes(kind: EventKind, data: *const u8, len: u64) {
+    let flags = wakeup_flag();
     // SAFETY: callers pass a pointer into a map value at least `len` bytes long.
-    let ret = unsafe { bpf_ringbuf_output(EVENTS_PTR(), data as *mut _, len, 0) };
+    let ret = unsafe { bpf_ringbuf_output(EVENTS_PTR(), data as *mut _, len, flags) };
     if ret < 0 {
         count_loss(kind);
     }

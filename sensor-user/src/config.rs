@@ -31,6 +31,14 @@ pub struct ProbesConfig {
     pub argv_max_bytes: u32,
     /// Also report new threads, not only new processes.
     pub report_threads: bool,
+    /// Unread bytes in the ring buffer at which the kernel wakes the daemon.
+    /// Below it the daemon reads on its `drain_interval_ms` timer, which
+    /// saves a wakeup per event. At most half of `ring_buffer_bytes`.
+    pub wakeup_bytes: u32,
+    /// How often the daemon drains the ring buffer without a wakeup, in
+    /// milliseconds: the upper bound on a record's delay when the host is
+    /// quiet.
+    pub drain_interval_ms: u64,
     /// How often the kernel loss counters are read, in milliseconds.
     pub loss_check_interval_ms: u64,
     /// Raw BTF of the running kernel, the source of struct offsets.
@@ -47,6 +55,8 @@ impl Default for ProbesConfig {
             ring_buffer_bytes: 8 << 20,
             argv_max_bytes: 4095,
             report_threads: false,
+            wakeup_bytes: 256 << 10,
+            drain_interval_ms: 20,
             loss_check_interval_ms: 1000,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
@@ -191,6 +201,18 @@ impl Config {
             "argv_max_bytes",
             argv <= ARGV_MAX_BYTES_LIMIT,
             format!("{argv} exceeds the kernel capture limit of {ARGV_MAX_BYTES_LIMIT}"),
+        );
+        check(
+            "probes",
+            "wakeup_bytes",
+            self.probes.wakeup_bytes <= ring / 2,
+            format!("{} is more than half of probes.ring_buffer_bytes ({ring})", self.probes.wakeup_bytes),
+        );
+        check(
+            "probes",
+            "drain_interval_ms",
+            (1..=1000).contains(&self.probes.drain_interval_ms),
+            format!("{} is outside 1..=1000", self.probes.drain_interval_ms),
         );
         check(
             "probes",

@@ -114,6 +114,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let mut ring = AsyncFd::with_interest(events, tokio::io::Interest::READABLE).context("registering the ring buffer with the event loop")?;
+    let mut drain_timer = tokio::time::interval(Duration::from_millis(config.probes.drain_interval_ms));
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut loss_timer = tokio::time::interval(Duration::from_millis(config.probes.loss_check_interval_ms));
     let mut flush_timer = tokio::time::interval(Duration::from_millis(config.output.flush_interval_ms));
     let mut gc_timer = tokio::time::interval(Duration::from_secs(5));
@@ -128,6 +130,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if drained < BATCH {
                     guard.clear_ready();
                 }
+                pipeline.sinks.flush()?;
+            }
+            _ = drain_timer.tick() => {
+                while pipeline.drain(ring.get_mut(), BATCH)? == BATCH {}
                 pipeline.sinks.flush()?;
             }
             _ = loss_timer.tick() => pipeline.report_losses(&probes)?,

@@ -138,8 +138,13 @@ impl Probes {
         let program_config = ProgramConfig {
             argv_max_bytes: config.argv_max_bytes,
             report_threads: u32::from(config.report_threads),
+            wakeup_bytes: config.wakeup_bytes,
+            _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
+            // The programs carry no CO-RE relocations (offsets come from
+            // OFFSETS), so aya need not parse the kernel's BTF a second time.
+            .btf(None)
             .override_global("OFFSETS", &kernel_offsets, true)
             .override_global("CONFIG", &program_config, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
