@@ -41,6 +41,9 @@ pub struct ProbesConfig {
     pub drain_interval_ms: u64,
     /// How often the kernel loss counters are read, in milliseconds.
     pub loss_check_interval_ms: u64,
+    /// Program names not to attach (see `sensor.start` for the names), for
+    /// operators who accept the lost visibility; each is reported degraded.
+    pub disabled_hooks: Vec<String>,
     /// Raw BTF of the running kernel, the source of struct offsets.
     pub btf_path: PathBuf,
     /// Where tracefs is, or is mounted when absent.
@@ -58,6 +61,7 @@ impl Default for ProbesConfig {
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 20,
             loss_check_interval_ms: 1000,
+            disabled_hooks: Vec::new(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
             bpffs_path: PathBuf::from("/sys/fs/bpf"),

@@ -21,10 +21,13 @@ struct Sensor {
 }
 
 impl Sensor {
-    fn start(binary: &Path, evidence: &Path) -> Result<Sensor> {
-        let mut child = Command::new(binary)
-            .args(["run", "--no-stdout", "--evidence"])
-            .arg(evidence)
+    fn start(binary: &Path, evidence: &Path, config: Option<&Path>) -> Result<Sensor> {
+        let mut command = Command::new(binary);
+        command.args(["run", "--no-stdout", "--evidence"]).arg(evidence);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("AGENT_SENSOR_LOG", "info")
@@ -119,7 +122,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize) -> Result<()> {
+pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, config: Option<&Path>) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -140,7 +143,7 @@ pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize) -> Resul
         // started after the "off" half and stopped at the end of the round.
         let exec_off = exec_storm(execs)?;
         let connect_off = connect_storm(connects)?;
-        let sensor = Sensor::start(binary, &evidence)?;
+        let sensor = Sensor::start(binary, &evidence, config)?;
         let (cpu_start, _) = sensor.usage();
         let exec_on = exec_storm(execs)?;
         let connect_on = connect_storm(connects)?;

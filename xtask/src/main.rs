@@ -51,6 +51,9 @@ enum Task {
         /// Connections per connect-storm round.
         #[arg(long, default_value_t = 5000)]
         connects: usize,
+        /// Configuration file for the sensor under test.
+        #[arg(long)]
+        sensor_config: Option<PathBuf>,
     },
 }
 
@@ -73,10 +76,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Test { args } => test(&args),
-        Task::Bench { rounds, execs, connects } => {
+        Task::Bench { rounds, execs, connects, sensor_config } => {
             require_root("cargo xtask bench")?;
             let binary = build()?;
-            bench::run(&binary, rounds, execs, connects)
+            bench::run(&binary, rounds, execs, connects, sensor_config.as_deref())
         }
     }
 }

@@ -151,7 +151,17 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load { hint: load_hint(), source })?;
 
+        for unknown in config.disabled_hooks.iter().filter(|name| !HOOKS.iter().any(|(p, _)| p == name)) {
+            log::warn!("probes.disabled_hooks names {unknown}, which is not a hook of this sensor");
+        }
         for (program, hook) in HOOKS {
+            if config.disabled_hooks.iter().any(|name| name == program) {
+                report.degraded.push(Degraded {
+                    hook: (*program).to_owned(),
+                    reason: "disabled by probes.disabled_hooks".to_owned(),
+                });
+                continue;
+            }
             match attach(&mut ebpf, program, hook) {
                 Ok(()) => report.attached.push((*program).to_owned()),
                 Err(reason) => {
