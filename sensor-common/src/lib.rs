@@ -34,10 +34,13 @@ pub enum EventKind {
     Exit = 2,
     Connect = 3,
     ConnectResult = 4,
+    Payload = 5,
+    File = 6,
+    Tls = 7,
 }
 
 /// Number of [`EventKind`] values, and so the length of the loss counter map.
-pub const EVENT_KIND_COUNT: u32 = 5;
+pub const EVENT_KIND_COUNT: u32 = 8;
 
 impl EventKind {
     /// Converts a raw kind read from the ring buffer, `None` for an unknown one.
@@ -48,6 +51,9 @@ impl EventKind {
             2 => Some(Self::Exit),
             3 => Some(Self::Connect),
             4 => Some(Self::ConnectResult),
+            5 => Some(Self::Payload),
+            6 => Some(Self::File),
+            7 => Some(Self::Tls),
             _ => None,
         }
     }
@@ -60,6 +66,9 @@ impl EventKind {
             Self::Exit => "exit",
             Self::Connect => "connect",
             Self::ConnectResult => "connect_result",
+            Self::Payload => "payload",
+            Self::File => "file",
+            Self::Tls => "tls",
         }
     }
 }
@@ -118,6 +127,8 @@ pub struct ExecEvent {
     /// Kernel-internal device number of the executable's file system.
     pub exe_dev: u32,
     pub exe_nlink: u32,
+    /// Agent session the process belongs to, 0 outside agent trees.
+    pub session_id: u64,
     /// Bytes of `argv` sent.
     pub argv_len: u32,
     /// Bytes of the whole argv region in the process, which may exceed
@@ -206,6 +217,133 @@ pub struct ConnectResultEvent {
     pub _pad: u32,
 }
 
+/// Bytes of a socket write copied into a [`PayloadEvent`]. The usable bound
+/// is one less, for the same masking reason as [`ARGV_CAPACITY`].
+pub const PAYLOAD_CAPACITY: usize = 4096;
+/// Bytes of TLS plaintext copied per `SSL_read`/`SSL_write` call.
+pub const TLS_CAPACITY: usize = 16384;
+/// Bytes of a file path copied per file event.
+pub const PATH_CAPACITY: usize = 256;
+
+/// What a [`PayloadEvent`] carries.
+pub const PAYLOAD_STREAM_START: u32 = 1;
+pub const PAYLOAD_DATAGRAM_OUT: u32 = 2;
+pub const PAYLOAD_DATAGRAM_IN: u32 = 3;
+
+/// The first bytes written on a newly connected TCP socket (a TLS
+/// ClientHello, or an HTTP request line), or a DNS datagram.
+///
+/// Only `len` bytes of `data` are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadEvent {
+    pub header: EventHeader,
+    pub connect_id: u64,
+    pub fd: i32,
+    /// One of the `PAYLOAD_*` values.
+    pub direction: u32,
+    /// Bytes of `data` sent.
+    pub len: u32,
+    /// Bytes the syscall was asked to write or returned.
+    pub total: u32,
+    /// Index of this write on the socket, from 0.
+    pub index: u32,
+    /// Destination port for a datagram, 0 otherwise.
+    pub port: u16,
+    pub _pad: u16,
+    pub data: [u8; PAYLOAD_CAPACITY],
+}
+
+/// Value of the map of sockets whose first writes are copied, keyed by
+/// `tgid << 32 | fd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WatchedSocket {
+    pub connect_id: u64,
+    /// `PAYLOAD_STREAM_START` for TCP, `PAYLOAD_DATAGRAM_OUT` for DNS.
+    pub kind: u32,
+    pub writes: u32,
+    pub bytes: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Writes copied per TCP socket before the kernel stops watching it, enough
+/// for a ClientHello split across a few writes.
+pub const WATCHED_MAX_WRITES: u32 = 4;
+
+/// Value of the map of processes in agent trees, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackedProcess {
+    pub session_id: u64,
+    /// Process that made the tree an agent tree (the agent's own tgid).
+    pub root_pid: u32,
+    pub _pad: u32,
+}
+
+pub const FILE_OP_OPEN: u32 = 1;
+pub const FILE_OP_UNLINK: u32 = 2;
+pub const FILE_OP_RENAME: u32 = 3;
+
+/// File paths were cut at [`PATH_CAPACITY`].
+pub const FILE_FLAG_PATH_TRUNCATED: u32 = 1 << 0;
+
+/// A file operation by a process in an agent tree.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    pub session_id: u64,
+    /// One of the `FILE_OP_*` values.
+    pub op: u32,
+    /// `open` flags (`O_WRONLY`, `O_CREAT`, ...), or `unlinkat`/`renameat2` flags.
+    pub flags: u32,
+    /// Directory fd the path is relative to (`AT_FDCWD` is -100).
+    pub dirfd: i32,
+    /// Return value: an fd or 0 on success, a negative errno on failure.
+    pub result: i32,
+    pub mode: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_CAPACITY],
+    /// The new path of a rename.
+    pub path2: [u8; PATH_CAPACITY],
+}
+
+pub const TLS_WRITE: u32 = 1;
+pub const TLS_READ: u32 = 2;
+/// The plaintext was cut at [`TLS_CAPACITY`].
+pub const TLS_FLAG_TRUNCATED: u32 = 1 << 0;
+
+/// Plaintext passed to or returned by an OpenSSL-compatible `SSL_*` call.
+///
+/// Only `len` bytes of `data` are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsEvent {
+    pub header: EventHeader,
+    /// The `SSL *` as an opaque stream id within the process.
+    pub stream: u64,
+    /// Socket fd the stream was last seen writing to, -1 when unknown.
+    pub fd: i32,
+    /// `TLS_WRITE` or `TLS_READ`.
+    pub direction: u32,
+    pub len: u32,
+    /// Bytes the call wrote or read in full.
+    pub total: u32,
+    pub data: [u8; TLS_CAPACITY],
+}
+
+/// Per-thread state from an `SSL_*` entry probe to its return probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCall {
+    pub stream: u64,
+    pub buffer: u64,
+    /// `size_t *` out-parameter of the `_ex` variants, 0 for the plain ones.
+    pub length_out: u64,
+}
+
 /// Kernel struct member offsets resolved from the running kernel's BTF by
 /// the daemon and written into the programs' read-only data before load.
 ///
@@ -271,7 +409,53 @@ pub struct ProgramConfig {
     /// Unread bytes in the ring buffer above which a record wakes the
     /// daemon; below it the daemon's drain timer picks records up.
     pub wakeup_bytes: u32,
-    pub _pad: u32,
+    /// Bytes of plaintext copied per `SSL_*` call, at most `TLS_CAPACITY - 1`.
+    pub tls_max_bytes: u32,
+    /// This architecture's syscall numbers for the calls the shared send
+    /// and file programs tell apart; `u32::MAX` where the architecture
+    /// lacks the call (arm64 has no `open`, `unlink` or `rename`).
+    pub syscalls: SyscallNumbers,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallNumbers {
+    pub sendto: u32,
+    pub sendmsg: u32,
+    pub sendmmsg: u32,
+    pub writev: u32,
+    pub open: u32,
+    pub openat: u32,
+    pub openat2: u32,
+    pub unlink: u32,
+    pub unlinkat: u32,
+    pub rename: u32,
+    pub renameat: u32,
+    pub renameat2: u32,
+}
+
+impl Default for SyscallNumbers {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl SyscallNumbers {
+    /// Numbers that match no syscall, for a build that sets none.
+    pub const NONE: SyscallNumbers = SyscallNumbers {
+        sendto: u32::MAX,
+        sendmsg: u32::MAX,
+        sendmmsg: u32::MAX,
+        writev: u32::MAX,
+        open: u32::MAX,
+        openat: u32::MAX,
+        openat2: u32::MAX,
+        unlink: u32::MAX,
+        unlinkat: u32::MAX,
+        rename: u32::MAX,
+        renameat: u32::MAX,
+        renameat2: u32::MAX,
+    };
 }
 
 /// Value of the in-kernel map of connects in flight, keyed by the socket's
@@ -311,7 +495,7 @@ pub struct ConnectArgs {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 104 + 16 + 64 + 256 + ARGV_CAPACITY);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 112 + 16 + 64 + 256 + ARGV_CAPACITY);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);
@@ -319,6 +503,12 @@ const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
+const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());
+const _: () = assert!(TLS_CAPACITY.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 64 + PAYLOAD_CAPACITY);
+const _: () = assert!(core::mem::size_of::<FileEvent>() == 64 + 2 * PATH_CAPACITY);
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 56 + TLS_CAPACITY);
+const _: () = assert!(core::mem::size_of::<WatchedSocket>() == 24);
 
 #[cfg(feature = "user")]
 mod user {
@@ -327,4 +517,8 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProgramConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TrackedProcess {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WatchedSocket {}
 }

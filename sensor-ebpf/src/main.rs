@@ -15,16 +15,16 @@ use core::ptr::read_volatile;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
             bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_ringbuf_output,
             bpf_ringbuf_query,
         },
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use sensor_common::*;
@@ -38,7 +38,8 @@ static CONFIG: ProgramConfig = ProgramConfig {
     argv_max_bytes: 4095,
     report_threads: 0,
     wakeup_bytes: 0,
-    _pad: 0,
+    tls_max_bytes: 4095,
+    syscalls: SyscallNumbers::NONE,
 };
 
 /// The daemon resizes this map from its configuration before load.
@@ -64,10 +65,52 @@ static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384
 #[map]
 static PENDING_CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16384, 0);
 
+/// Sockets whose first writes are copied, keyed by `tgid << 32 | fd`. LRU,
+/// because a socket closed before its first write never removes its entry.
+#[map]
+static WATCHED: LruHashMap<u64, WatchedSocket> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes in agent trees, keyed by tgid: filled by the daemon when it
+/// recognises an agent, inherited at fork, removed at exit.
+#[map]
+static TRACKED: HashMap<u32, TrackedProcess> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static PAYLOAD_SCRATCH: PerCpuArray<PayloadEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// File syscall arguments from entry to exit, keyed by pid_tgid.
+#[map]
+static FILE_ARGS: HashMap<u64, FileEvent> = HashMap::with_max_entries(4096, 0);
+
+/// recvfrom buffers on DNS sockets from entry to exit, keyed by pid_tgid;
+/// the value is the buffer address and the fd.
+#[map]
+static RECV_ARGS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+static TLS_SCRATCH: PerCpuArray<TlsEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// `SSL_*` calls in flight, keyed by pid_tgid.
+#[map]
+static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// The socket fd each `SSL *` writes to, keyed by `[tgid, ssl]`, learnt from
+/// the write syscall made inside `SSL_write`.
+#[map]
+static TLS_FDS: LruHashMap<[u64; 2], i32> = LruHashMap::with_max_entries(16384, 0);
+
 const EINPROGRESS: i32 = 115;
+const AT_FDCWD: i32 = -100;
+const DNS_PORT: u16 = 53;
+/// Datagrams copied per DNS socket before the kernel stops watching it.
+const DNS_MAX_PACKETS: u32 = 32;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
 
 #[inline(always)]
 fn offsets() -> KernelOffsets {
@@ -205,6 +248,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         event.header.flags |= EXEC_FLAG_FILENAME_TRUNCATED;
     }
 
+    // SAFETY: the value is copied out at once.
+    event.session_id = unsafe { TRACKED.get(&event.header.pid) }.map_or(0, |t| t.session_id);
     read_exe_and_argv(event, task, &off, &cfg);
     read_pid_namespace(event, task, &off);
 
@@ -327,6 +372,13 @@ fn try_fork(ctx: &RawTracePointContext) {
         // parent's cgroup, and the parent is the current task here.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     };
+    if !is_thread {
+        let parent_tgid = event.parent_pid;
+        // SAFETY: the value is copied before the insert below.
+        if let Some(tracked) = unsafe { TRACKED.get(&parent_tgid) }.copied() {
+            let _ = TRACKED.insert(&(child_tgid as u32), &tracked, 0);
+        }
+    }
     output(EventKind::Fork, &event);
 }
 
@@ -357,6 +409,7 @@ fn try_exit(ctx: &TracePointContext) {
     let task = unsafe { bpf_get_current_task() };
     let mut header = current_header(EventKind::Exit, task, &off);
     header.flags = flags;
+    let _ = TRACKED.remove(&header.pid);
     let event = ExitEvent {
         header,
         exit_code: read_kernel::<i32>(task, off.task_exit_code) as u32,
@@ -515,7 +568,24 @@ fn try_exit_connect(ctx: &TracePointContext) {
             let _ = PENDING_CONNECTS.remove(&args.sock);
         }
     }
+    if result == 0 || result == -EINPROGRESS {
+        watch_socket(pid_tgid, &args);
+    }
     output(EventKind::Connect, &event);
+}
+
+/// Starts copying the first writes of a new TCP connection (for the TLS
+/// ClientHello or HTTP request line) or the datagrams of a DNS socket.
+fn watch_socket(pid_tgid: u64, args: &ConnectArgs) {
+    let port = u16::from_be_bytes([args.sockaddr[2], args.sockaddr[3]]);
+    let kind = match args.sock_type {
+        SOCK_STREAM => PAYLOAD_STREAM_START,
+        SOCK_DGRAM if port == DNS_PORT => PAYLOAD_DATAGRAM_OUT,
+        _ => return,
+    };
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (args.fd as u32 as u64);
+    let watched = WatchedSocket { connect_id: args.connect_id, kind, writes: 0, bytes: 0, port, _pad: 0 };
+    let _ = WATCHED.insert(&key, &watched, 0);
 }
 
 #[tracepoint]
@@ -569,6 +639,406 @@ fn try_sock_state(ctx: &TracePointContext) {
     };
     let _ = PENDING_CONNECTS.remove(&sock);
     output(EventKind::ConnectResult, &event);
+}
+
+#[inline(always)]
+fn masked(len: u64, max: u64, capacity: u64) -> u64 {
+    let mut n = len;
+    if n > max {
+        n = max;
+    }
+    if n > capacity - 1 {
+        n = capacity - 1;
+    }
+    n & (capacity - 1)
+}
+
+/// Handles write, sendto, sendmsg, writev and sendmmsg entries: the
+/// syscall number tells the argument layout apart.
+#[tracepoint]
+pub fn sys_enter_send(ctx: TracePointContext) -> u32 {
+    try_send(&ctx);
+    0
+}
+
+fn try_send(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let nr = config().syscalls;
+    // SAFETY: offsets 8, 16, 24 and 32 are __syscall_nr and the first three
+    // arguments in every syscall entry record.
+    let (syscall, fd, arg1, arg2) = unsafe {
+        (
+            ctx.read_at::<i32>(8).unwrap_or(-1) as u32,
+            ctx.read_at::<u64>(16).unwrap_or(0) as i32,
+            ctx.read_at::<u64>(24).unwrap_or(0),
+            ctx.read_at::<u64>(32).unwrap_or(0),
+        )
+    };
+    note_tls_fd(pid_tgid, fd);
+
+    let (buffer, len) = if syscall == nr.sendmsg {
+        first_iovec_of_msghdr(arg1)
+    } else if syscall == nr.sendmmsg {
+        // The first message's header starts the mmsghdr array.
+        first_iovec_of_msghdr(arg1)
+    } else if syscall == nr.writev {
+        first_iovec(arg1)
+    } else {
+        (arg1, arg2)
+    };
+    if syscall == nr.sendto {
+        // SAFETY: offsets 48 and 56 are addr and addr_len in sendto's record.
+        let (addr, addr_len) = unsafe { (ctx.read_at::<u64>(48).unwrap_or(0), ctx.read_at::<u64>(56).unwrap_or(0)) };
+        if addr != 0 && addr_len >= 16 && sendto_dns(pid_tgid, fd, addr, buffer, len) {
+            return;
+        }
+    }
+    capture_write(pid_tgid, fd, buffer, len);
+}
+
+/// Returns the first iovec's base and length of a `struct user_msghdr`.
+#[inline(always)]
+fn first_iovec_of_msghdr(msghdr: u64) -> (u64, u64) {
+    // `msg_iov` follows msg_name (8 bytes) and msg_namelen (4, padded to 8).
+    let mut iov: u64 = 0;
+    // SAFETY: the helper validates the user address.
+    unsafe { bpf_probe_read_user((&mut iov as *mut u64).cast(), 8, (msghdr + 16) as *const _) };
+    first_iovec(iov)
+}
+
+#[inline(always)]
+fn first_iovec(iov: u64) -> (u64, u64) {
+    if iov == 0 {
+        return (0, 0);
+    }
+    let mut pair = [0u64; 2];
+    // SAFETY: the helper validates the user address; an iovec is two words.
+    let ret = unsafe { bpf_probe_read_user(pair.as_mut_ptr().cast(), 16, iov as *const _) };
+    if ret < 0 { (0, 0) } else { (pair[0], pair[1]) }
+}
+
+/// Copies an unconnected sendto to port 53 as a DNS query and watches the
+/// socket for its answer; returns whether it was one.
+fn sendto_dns(pid_tgid: u64, fd: i32, addr: u64, buffer: u64, len: u64) -> bool {
+    let mut sockaddr = [0u8; 4];
+    // SAFETY: the helper validates the user address.
+    if unsafe { bpf_probe_read_user(sockaddr.as_mut_ptr().cast(), 4, addr as *const _) } < 0 {
+        return false;
+    }
+    let family = u16::from_ne_bytes([sockaddr[0], sockaddr[1]]);
+    let port = u16::from_be_bytes([sockaddr[2], sockaddr[3]]);
+    if (family != AF_INET && family != AF_INET6) || port != DNS_PORT {
+        return false;
+    }
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+    // SAFETY: the helper has no preconditions.
+    let connect_id = unsafe { bpf_ktime_get_ns() };
+    if WATCHED.get_ptr_mut(&key).is_none() {
+        let watched = WatchedSocket { connect_id, kind: PAYLOAD_DATAGRAM_OUT, writes: 0, bytes: 0, port, _pad: 0 };
+        let _ = WATCHED.insert(&key, &watched, 0);
+    }
+    capture_write(pid_tgid, fd, buffer, len);
+    true
+}
+
+fn capture_write(pid_tgid: u64, fd: i32, buffer: u64, len: u64) {
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+    let Some(watched) = WATCHED.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a live map value of this program's map.
+    let watched = unsafe { &mut *watched };
+    let max_writes = if watched.kind == PAYLOAD_STREAM_START { WATCHED_MAX_WRITES } else { DNS_MAX_PACKETS };
+    if watched.writes >= max_writes || buffer == 0 {
+        let _ = WATCHED.remove(&key);
+        return;
+    }
+    let index = watched.writes;
+    watched.writes += 1;
+    watched.bytes = watched.bytes.saturating_add(len as u32);
+    let (connect_id, direction, port) = (watched.connect_id, watched.kind, watched.port);
+    if watched.writes >= max_writes {
+        let _ = WATCHED.remove(&key);
+    }
+    send_payload(pid_tgid, fd, connect_id, direction, port, index, buffer, len);
+}
+
+// Inlined because BPF calls take at most five arguments.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send_payload(pid_tgid: u64, fd: i32, connect_id: u64, direction: u32, port: u16, index: u32, buffer: u64, len: u64) {
+    let Some(event_ptr) = PAYLOAD_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the scratch slot belongs to this CPU for the program's run.
+    let event = unsafe { &mut *event_ptr };
+    let off = offsets();
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    event.header = current_header(EventKind::Payload, task, &off);
+    event.header.tid = pid_tgid as u32;
+    event.connect_id = connect_id;
+    event.fd = fd;
+    event.direction = direction;
+    event.total = len as u32;
+    event.index = index;
+    event.port = port;
+    let n = masked(len, PAYLOAD_CAPACITY as u64 - 1, PAYLOAD_CAPACITY as u64);
+    event.len = 0;
+    if n > 0 {
+        // SAFETY: `n` is below the buffer's length; the helper validates
+        // the user address.
+        let ret = unsafe { bpf_probe_read_user(event.data.as_mut_ptr().cast(), n as u32, buffer as *const _) };
+        if ret == 0 {
+            event.len = n as u32;
+        }
+    }
+    let size = core::mem::offset_of!(PayloadEvent, data) as u64 + (event.len as u64 & (PAYLOAD_CAPACITY as u64 - 1));
+    output_bytes(EventKind::Payload, event_ptr as *const u8, size);
+}
+
+#[tracepoint]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: offsets 16 and 24 are fd and ubuf in recvfrom's record.
+    let (fd, buffer) = unsafe { (ctx.read_at::<u64>(16).unwrap_or(0), ctx.read_at::<u64>(24).unwrap_or(0)) };
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+    // SAFETY: the value is only tested.
+    if let Some(watched) = unsafe { WATCHED.get(&key) } {
+        if watched.kind == PAYLOAD_DATAGRAM_OUT {
+            let _ = RECV_ARGS.insert(&pid_tgid, &[buffer, fd], 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before removal.
+    let Some([buffer, fd]) = (unsafe { RECV_ARGS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = RECV_ARGS.remove(&pid_tgid);
+    // SAFETY: offset 16 is `ret` in the syscall exit record.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if ret > 0 {
+        let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+        // SAFETY: the value is copied out at once.
+        let connect_id = unsafe { WATCHED.get(&key) }.map_or(0, |w| w.connect_id);
+        send_payload(pid_tgid, fd as i32, connect_id, PAYLOAD_DATAGRAM_IN, DNS_PORT, 0, buffer, ret as u64);
+    }
+    0
+}
+
+/// Handles open, openat, openat2, unlink, unlinkat, rename, renameat and
+/// renameat2 entries for processes in agent trees.
+#[tracepoint]
+pub fn sys_enter_file(ctx: TracePointContext) -> u32 {
+    try_enter_file(&ctx);
+    0
+}
+
+fn try_enter_file(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(tracked) = (unsafe { TRACKED.get(&tgid) }).copied() else {
+        return;
+    };
+    let Some(event_ptr) = FILE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the scratch slot belongs to this CPU for the program's run.
+    let event = unsafe { &mut *event_ptr };
+    let nr = config().syscalls;
+    // SAFETY: offset 8 is __syscall_nr and 16..48 the first arguments in
+    // every syscall entry record; which ones are read depends on the call.
+    let arg = |offset: usize| unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0);
+    let syscall = arg(8) as u32;
+    event.session_id = tracked.session_id;
+    event.result = 0;
+    event.mode = 0;
+    event.flags = 0;
+    event.dirfd = AT_FDCWD;
+    event.path[0] = 0;
+    event.path2[0] = 0;
+    let (path, path2) = if syscall == nr.openat {
+        event.op = FILE_OP_OPEN;
+        event.dirfd = arg(16) as i32;
+        event.flags = arg(32) as u32;
+        event.mode = arg(40) as u32;
+        (arg(24), 0)
+    } else if syscall == nr.openat2 {
+        event.op = FILE_OP_OPEN;
+        event.dirfd = arg(16) as i32;
+        let how = arg(32);
+        let mut flags: u64 = 0;
+        // SAFETY: the helper validates the user address; `open_how` starts
+        // with the u64 flags.
+        unsafe { bpf_probe_read_user((&mut flags as *mut u64).cast(), 8, how as *const _) };
+        event.flags = flags as u32;
+        (arg(24), 0)
+    } else if syscall == nr.open {
+        event.op = FILE_OP_OPEN;
+        event.flags = arg(24) as u32;
+        event.mode = arg(32) as u32;
+        (arg(16), 0)
+    } else if syscall == nr.unlinkat {
+        event.op = FILE_OP_UNLINK;
+        event.dirfd = arg(16) as i32;
+        event.flags = arg(32) as u32;
+        (arg(24), 0)
+    } else if syscall == nr.unlink {
+        event.op = FILE_OP_UNLINK;
+        (arg(16), 0)
+    } else if syscall == nr.renameat || syscall == nr.renameat2 {
+        event.op = FILE_OP_RENAME;
+        event.dirfd = arg(16) as i32;
+        if syscall == nr.renameat2 {
+            event.flags = arg(48) as u32;
+        }
+        (arg(24), arg(40))
+    } else if syscall == nr.rename {
+        event.op = FILE_OP_RENAME;
+        (arg(16), arg(24))
+    } else {
+        return;
+    };
+    let off = offsets();
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    event.header = current_header(EventKind::File, task, &off);
+    let mut truncated = false;
+    if path != 0 {
+        // SAFETY: the helper validates the user address and bounds the copy.
+        let n = unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut event.path) }.map_or(0, |s| s.len());
+        truncated |= n >= PATH_CAPACITY - 1;
+    }
+    if path2 != 0 {
+        // SAFETY: as above.
+        let n = unsafe { bpf_probe_read_user_str_bytes(path2 as *const u8, &mut event.path2) }.map_or(0, |s| s.len());
+        truncated |= n >= PATH_CAPACITY - 1;
+    }
+    if truncated {
+        event.header.flags |= FILE_FLAG_PATH_TRUNCATED;
+    }
+    let _ = FILE_ARGS.insert(&pid_tgid, event, 0);
+}
+
+/// Handles the exits of the file syscalls: adds the result and sends.
+#[tracepoint]
+pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(event) = FILE_ARGS.get_ptr_mut(&pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: offset 16 is `ret` in the syscall exit record; the pointer is
+    // a live map value.
+    unsafe {
+        (*event).result = ctx.read_at::<i64>(16).unwrap_or(0) as i32;
+        output(EventKind::File, &*event);
+    }
+    let _ = FILE_ARGS.remove(&pid_tgid);
+    0
+}
+
+/// Records which socket an `SSL *` writes to when a write syscall happens
+/// inside an `SSL_*` call on this thread.
+#[inline(always)]
+fn note_tls_fd(pid_tgid: u64, fd: i32) {
+    // SAFETY: the value is copied out at once.
+    if let Some(call) = unsafe { TLS_CALLS.get(&pid_tgid) } {
+        let key = [pid_tgid >> 32, call.stream];
+        let _ = TLS_FDS.insert(&key, &fd, 0);
+    }
+}
+
+fn tls_enter(ctx: &ProbeContext, length_out_arg: Option<usize>) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let call = TlsCall {
+        stream: ctx.arg::<u64>(0).unwrap_or(0),
+        buffer: ctx.arg::<u64>(1).unwrap_or(0),
+        length_out: length_out_arg.and_then(|n| ctx.arg::<u64>(n)).unwrap_or(0),
+    };
+    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+}
+
+fn tls_exit(ctx: &RetProbeContext, direction: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before removal.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    let ret: i64 = ctx.ret::<i64>();
+    let len = if call.length_out != 0 {
+        if ret != 1 {
+            return;
+        }
+        let mut done: u64 = 0;
+        // SAFETY: the helper validates the user address of the out-parameter.
+        unsafe { bpf_probe_read_user((&mut done as *mut u64).cast(), 8, call.length_out as *const _) };
+        done
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return;
+    };
+    let Some(event_ptr) = TLS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the scratch slot belongs to this CPU for the program's run.
+    let event = unsafe { &mut *event_ptr };
+    let off = offsets();
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    event.header = current_header(EventKind::Tls, task, &off);
+    event.stream = call.stream;
+    // SAFETY: the value is copied out at once.
+    event.fd = unsafe { TLS_FDS.get(&[pid_tgid >> 32, call.stream]) }.copied().unwrap_or(-1);
+    event.direction = direction;
+    event.total = len as u32;
+    let n = masked(len, config().tls_max_bytes as u64, TLS_CAPACITY as u64);
+    if len > n {
+        event.header.flags |= TLS_FLAG_TRUNCATED;
+    }
+    event.len = 0;
+    if n > 0 {
+        // SAFETY: `n` is below the buffer's length; the helper validates
+        // the user address.
+        if unsafe { bpf_probe_read_user(event.data.as_mut_ptr().cast(), n as u32, call.buffer as *const _) } == 0 {
+            event.len = n as u32;
+        }
+    }
+    let size = core::mem::offset_of!(TlsEvent, data) as u64 + (event.len as u64 & (TLS_CAPACITY as u64 - 1));
+    output_bytes(EventKind::Tls, event_ptr as *const u8, size);
+}
+
+/// `SSL_write(ssl, buf, num)` and `SSL_read(ssl, buf, num)`.
+#[uprobe]
+pub fn ssl_call_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, None);
+    0
+}
+
+/// `SSL_write_ex(ssl, buf, num, written)` and `SSL_read_ex(ssl, buf, num, readbytes)`.
+#[uprobe]
+pub fn ssl_call_ex_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, Some(3));
+    0
+}
+
+#[uretprobe]
+pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
+    tls_exit(&ctx, TLS_WRITE);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
+    tls_exit(&ctx, TLS_READ);
+    0
 }
 
 /// Any panic path left in the program is an unbounded loop, which the

@@ -29,6 +29,9 @@ pub struct ProbesConfig {
     /// Bytes of each command line copied at exec; longer ones are cut and
     /// marked truncated. At most 8191.
     pub argv_max_bytes: u32,
+    /// Bytes of TLS plaintext copied per `SSL_read`/`SSL_write` call; longer
+    /// calls are cut and marked truncated. At most 16383.
+    pub tls_max_bytes: u32,
     /// Also report new threads, not only new processes.
     pub report_threads: bool,
     /// Unread bytes in the ring buffer at which the kernel wakes the daemon.
@@ -57,6 +60,7 @@ impl Default for ProbesConfig {
         Self {
             ring_buffer_bytes: 8 << 20,
             argv_max_bytes: 4095,
+            tls_max_bytes: 16383,
             report_threads: false,
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 20,
@@ -205,6 +209,13 @@ impl Config {
             "argv_max_bytes",
             argv <= ARGV_MAX_BYTES_LIMIT,
             format!("{argv} exceeds the kernel capture limit of {ARGV_MAX_BYTES_LIMIT}"),
+        );
+        let tls = self.probes.tls_max_bytes;
+        check(
+            "probes",
+            "tls_max_bytes",
+            tls < sensor_common::TLS_CAPACITY as u32,
+            format!("{tls} exceeds the kernel capture limit of {}", sensor_common::TLS_CAPACITY - 1),
         );
         check(
             "probes",

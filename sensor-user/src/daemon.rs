@@ -246,6 +246,9 @@ impl Pipeline {
                 };
                 self.emit(key, "net.connect", header.time_ns, Some(header.tid), Some(network), None)?;
             }
+            // TODO: hand these to the net, llm and agents stages once the
+            // hooks that produce them are attached.
+            KernelEvent::Payload(_) | KernelEvent::File(_) | KernelEvent::Tls(_) => {}
             KernelEvent::ConnectResult(result) => {
                 let pending = self.pending.take(header.pid, result.connect_id);
                 let network = NetworkView {

@@ -8,8 +8,8 @@
 use core::mem::{offset_of, size_of};
 
 use sensor_common::{
-    ConnectEvent, ConnectResultEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    COMM_LEN, EXE_NAME_CAPACITY, FILENAME_CAPACITY,
+    ConnectEvent, ConnectResultEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, ForkEvent,
+    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, FILENAME_CAPACITY, PATH_CAPACITY,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +20,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("exec record claims {claimed} argv bytes but carries {carried}")]
     ArgvLength { claimed: usize, carried: usize },
+    #[error("record claims {claimed} data bytes but carries {carried}")]
+    DataLength { claimed: usize, carried: usize },
 }
 
 /// An exec record: fixed fields copied, variable ones borrowed.
@@ -44,6 +46,45 @@ pub struct Exec<'a> {
     pub argv: &'a [u8],
 }
 
+/// First bytes of a TCP connection, or a DNS datagram.
+#[derive(Debug, Clone)]
+pub struct Payload<'a> {
+    pub header: EventHeader,
+    pub connect_id: u64,
+    pub fd: i32,
+    pub direction: u32,
+    /// Bytes the syscall wrote or read in full, of which `data` is a prefix.
+    pub total: u32,
+    pub index: u32,
+    pub port: u16,
+    pub data: &'a [u8],
+}
+
+/// A file operation in an agent tree.
+#[derive(Debug, Clone)]
+pub struct File<'a> {
+    pub header: EventHeader,
+    pub session_id: u64,
+    pub op: u32,
+    pub flags: u32,
+    pub dirfd: i32,
+    pub result: i32,
+    pub mode: u32,
+    pub path: &'a [u8],
+    pub path2: &'a [u8],
+}
+
+/// TLS plaintext from an `SSL_*` probe.
+#[derive(Debug, Clone)]
+pub struct Tls<'a> {
+    pub header: EventHeader,
+    pub stream: u64,
+    pub fd: i32,
+    pub direction: u32,
+    pub total: u32,
+    pub data: &'a [u8],
+}
+
 #[derive(Debug, Clone)]
 pub enum KernelEvent<'a> {
     Exec(Exec<'a>),
@@ -51,6 +92,9 @@ pub enum KernelEvent<'a> {
     Exit(ExitEvent),
     Connect(ConnectEvent),
     ConnectResult(ConnectResultEvent),
+    Payload(Payload<'a>),
+    File(File<'a>),
+    Tls(Tls<'a>),
 }
 
 impl KernelEvent<'_> {
@@ -61,6 +105,9 @@ impl KernelEvent<'_> {
             KernelEvent::Exit(e) => &e.header,
             KernelEvent::Connect(e) => &e.header,
             KernelEvent::ConnectResult(e) => &e.header,
+            KernelEvent::Payload(e) => &e.header,
+            KernelEvent::File(e) => &e.header,
+            KernelEvent::Tls(e) => &e.header,
         }
     }
 }
@@ -93,6 +140,68 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         EventKind::Exit => KernelEvent::Exit(read(bytes, 0)?),
         EventKind::Connect => KernelEvent::Connect(read(bytes, 0)?),
         EventKind::ConnectResult => KernelEvent::ConnectResult(read(bytes, 0)?),
+        EventKind::Payload => KernelEvent::Payload(decode_payload(bytes)?),
+        EventKind::File => KernelEvent::File(decode_file(bytes)?),
+        EventKind::Tls => KernelEvent::Tls(decode_tls(bytes)?),
+    })
+}
+
+/// Returns the `len` bytes after the fixed part at `data_at`, checking that
+/// the record carries them.
+fn trailing(bytes: &[u8], data_at: usize, len: usize) -> Result<&[u8], DecodeError> {
+    if bytes.len() < data_at {
+        return Err(DecodeError::Short { len: bytes.len(), needed: data_at });
+    }
+    let carried = bytes.len() - data_at;
+    if len > carried {
+        return Err(DecodeError::DataLength { claimed: len, carried });
+    }
+    Ok(&bytes[data_at..data_at + len])
+}
+
+fn decode_payload(bytes: &[u8]) -> Result<Payload<'_>, DecodeError> {
+    let len = read::<u32>(bytes, offset_of!(PayloadEvent, len))? as usize;
+    Ok(Payload {
+        header: read(bytes, 0)?,
+        connect_id: read(bytes, offset_of!(PayloadEvent, connect_id))?,
+        fd: read(bytes, offset_of!(PayloadEvent, fd))?,
+        direction: read(bytes, offset_of!(PayloadEvent, direction))?,
+        total: read(bytes, offset_of!(PayloadEvent, total))?,
+        index: read(bytes, offset_of!(PayloadEvent, index))?,
+        port: read(bytes, offset_of!(PayloadEvent, port))?,
+        data: trailing(bytes, offset_of!(PayloadEvent, data), len)?,
+    })
+}
+
+fn decode_file(bytes: &[u8]) -> Result<File<'_>, DecodeError> {
+    let needed = size_of::<FileEvent>();
+    if bytes.len() < needed {
+        return Err(DecodeError::Short { len: bytes.len(), needed });
+    }
+    let path_at = offset_of!(FileEvent, path);
+    let path2_at = offset_of!(FileEvent, path2);
+    Ok(File {
+        header: read(bytes, 0)?,
+        session_id: read(bytes, offset_of!(FileEvent, session_id))?,
+        op: read(bytes, offset_of!(FileEvent, op))?,
+        flags: read(bytes, offset_of!(FileEvent, flags))?,
+        dirfd: read(bytes, offset_of!(FileEvent, dirfd))?,
+        result: read(bytes, offset_of!(FileEvent, result))?,
+        mode: read(bytes, offset_of!(FileEvent, mode))?,
+        path: c_str(&bytes[path_at..path_at + PATH_CAPACITY]),
+        path2: c_str(&bytes[path2_at..path2_at + PATH_CAPACITY]),
+    })
+}
+
+fn decode_tls(bytes: &[u8]) -> Result<Tls<'_>, DecodeError> {
+    let len = read::<u32>(bytes, offset_of!(TlsEvent, len))? as usize;
+    Ok(Tls {
+        header: read(bytes, 0)?,
+        stream: read(bytes, offset_of!(TlsEvent, stream))?,
+        fd: read(bytes, offset_of!(TlsEvent, fd))?,
+        direction: read(bytes, offset_of!(TlsEvent, direction))?,
+        total: read(bytes, offset_of!(TlsEvent, total))?,
+        data: trailing(bytes, offset_of!(TlsEvent, data), len)?,
     })
 }
 

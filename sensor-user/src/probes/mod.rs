@@ -20,7 +20,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sensor_common::{EventKind, ProgramConfig, EVENT_KIND_COUNT};
+use sensor_common::{EventKind, ProgramConfig, SyscallNumbers, EVENT_KIND_COUNT};
 
 use crate::config::ProbesConfig;
 
@@ -139,7 +139,8 @@ impl Probes {
             argv_max_bytes: config.argv_max_bytes,
             report_threads: u32::from(config.report_threads),
             wakeup_bytes: config.wakeup_bytes,
-            _pad: 0,
+            tls_max_bytes: config.tls_max_bytes,
+            syscalls: syscall_numbers(),
         };
         let mut ebpf = EbpfLoader::new()
             // The programs carry no CO-RE relocations (offsets come from
@@ -230,6 +231,32 @@ fn attach(ebpf: &mut Ebpf, program: &str, hook: &Hook) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// This architecture's numbers for the syscalls the shared programs tell
+/// apart.
+fn syscall_numbers() -> SyscallNumbers {
+    let number = |n: libc::c_long| n as u32;
+    #[allow(unused_mut)]
+    let mut numbers = SyscallNumbers {
+        sendto: number(libc::SYS_sendto),
+        sendmsg: number(libc::SYS_sendmsg),
+        sendmmsg: number(libc::SYS_sendmmsg),
+        writev: number(libc::SYS_writev),
+        openat: number(libc::SYS_openat),
+        openat2: number(libc::SYS_openat2),
+        unlinkat: number(libc::SYS_unlinkat),
+        renameat2: number(libc::SYS_renameat2),
+        ..SyscallNumbers::NONE
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        numbers.open = number(libc::SYS_open);
+        numbers.unlink = number(libc::SYS_unlink);
+        numbers.rename = number(libc::SYS_rename);
+        numbers.renameat = number(libc::SYS_renameat);
+    }
+    numbers
 }
 
 fn load_hint() -> &'static str {
