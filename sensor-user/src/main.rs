@@ -1,6 +1,7 @@
 //! agent-sensor: an eBPF sensor that records what processes, and the AI
 //! agents among them, really do on a Linux host, as evidence records.
 
+mod agents;
 mod config;
 mod daemon;
 mod evidence;

@@ -6,6 +6,10 @@
 //! pending connect whose outcome never arrives is reported as unknown after a
 //! timeout rather than dropped.
 
+pub mod catalog;
+pub mod dns;
+pub mod tls;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

@@ -12,12 +12,13 @@ pub mod btf;
 pub mod decode;
 pub mod mounts;
 pub mod offsets;
+pub mod uprobes;
 
 use std::path::PathBuf;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use sensor_common::{EventKind, ProgramConfig, SyscallNumbers, EVENT_KIND_COUNT};
@@ -85,15 +86,76 @@ enum Hook {
     Raw { name: &'static str },
 }
 
-/// Program name in the object, and where it attaches.
-const HOOKS: &[(&str, Hook)] = &[
-    ("sched_process_exec", Hook::TracePoint { category: "sched", name: "sched_process_exec" }),
-    ("sched_process_fork", Hook::Raw { name: "sched_process_fork" }),
-    ("sched_process_exit", Hook::TracePoint { category: "sched", name: "sched_process_exit" }),
-    ("sys_enter_connect", Hook::TracePoint { category: "syscalls", name: "sys_enter_connect" }),
-    ("sys_exit_connect", Hook::TracePoint { category: "syscalls", name: "sys_exit_connect" }),
-    ("inet_sock_set_state", Hook::TracePoint { category: "sock", name: "inet_sock_set_state" }),
+const fn syscall(name: &'static str) -> Hook {
+    Hook::TracePoint { category: "syscalls", name }
+}
+
+/// Program name in the object, and every place it attaches. A program
+/// whose targets all fail is degraded; one that attaches to some targets
+/// reports the others as degraded one by one.
+const HOOKS: &[(&str, &[Hook])] = &[
+    ("sched_process_exec", &[Hook::TracePoint { category: "sched", name: "sched_process_exec" }]),
+    ("sched_process_fork", &[Hook::Raw { name: "sched_process_fork" }]),
+    ("sched_process_exit", &[Hook::TracePoint { category: "sched", name: "sched_process_exit" }]),
+    ("sys_enter_connect", &[syscall("sys_enter_connect")]),
+    ("sys_exit_connect", &[syscall("sys_exit_connect")]),
+    ("inet_sock_set_state", &[Hook::TracePoint { category: "sock", name: "inet_sock_set_state" }]),
+    (
+        "sys_enter_send",
+        &[
+            syscall("sys_enter_write"),
+            syscall("sys_enter_sendto"),
+            syscall("sys_enter_sendmsg"),
+            syscall("sys_enter_sendmmsg"),
+            syscall("sys_enter_writev"),
+        ],
+    ),
+    ("sys_enter_recvfrom", &[syscall("sys_enter_recvfrom")]),
+    ("sys_exit_recvfrom", &[syscall("sys_exit_recvfrom")]),
+    (
+        "sys_enter_file",
+        &[
+            syscall("sys_enter_openat"),
+            syscall("sys_enter_openat2"),
+            syscall("sys_enter_unlinkat"),
+            syscall("sys_enter_renameat2"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_enter_open"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_enter_unlink"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_enter_rename"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_enter_renameat"),
+        ],
+    ),
+    (
+        "sys_exit_file",
+        &[
+            syscall("sys_exit_openat"),
+            syscall("sys_exit_openat2"),
+            syscall("sys_exit_unlinkat"),
+            syscall("sys_exit_renameat2"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_exit_open"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_exit_unlink"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_exit_rename"),
+            #[cfg(target_arch = "x86_64")]
+            syscall("sys_exit_renameat"),
+        ],
+    ),
 ];
+
+impl Hook {
+    fn describe(&self) -> String {
+        match self {
+            Hook::TracePoint { category, name } => format!("{category}/{name}"),
+            Hook::Raw { name } => format!("raw_tp/{name}"),
+        }
+    }
+}
 
 impl Probes {
     /// Loads and attaches every hook this kernel allows.
@@ -155,7 +217,7 @@ impl Probes {
         for unknown in config.disabled_hooks.iter().filter(|name| !HOOKS.iter().any(|(p, _)| p == name)) {
             log::warn!("probes.disabled_hooks names {unknown}, which is not a hook of this sensor");
         }
-        for (program, hook) in HOOKS {
+        for (program, targets) in HOOKS {
             if config.disabled_hooks.iter().any(|name| name == program) {
                 report.degraded.push(Degraded {
                     hook: (*program).to_owned(),
@@ -163,12 +225,29 @@ impl Probes {
                 });
                 continue;
             }
-            match attach(&mut ebpf, program, hook) {
-                Ok(()) => report.attached.push((*program).to_owned()),
-                Err(reason) => {
-                    log::warn!("hook {program} is not running: {reason}");
-                    report.degraded.push(Degraded { hook: (*program).to_owned(), reason });
+            if let Err(reason) = load(&mut ebpf, program, &targets[0]) {
+                log::warn!("hook {program} is not running: {reason}");
+                report.degraded.push(Degraded { hook: (*program).to_owned(), reason });
+                continue;
+            }
+            for target in targets.iter() {
+                match attach(&mut ebpf, program, target) {
+                    Ok(()) => report.attached.push(format!("{program}:{}", target.describe())),
+                    Err(reason) => {
+                        log::warn!("hook {program} at {} is not running: {reason}", target.describe());
+                        report.degraded.push(Degraded { hook: format!("{program}:{}", target.describe()), reason });
+                    }
                 }
+            }
+        }
+        for program in UPROBE_PROGRAMS {
+            let loaded = match ebpf.program_mut(program) {
+                Some(prog) => <&mut UProbe>::try_from(prog).map_err(|e| e.to_string()).and_then(|p| p.load().map_err(|e| error_chain(&e))),
+                None => Err("program missing from the eBPF object".to_owned()),
+            };
+            if let Err(reason) = loaded {
+                log::warn!("TLS plaintext probe {program} is not available: {reason}");
+                report.degraded.push(Degraded { hook: (*program).to_owned(), reason });
             }
         }
 
@@ -204,30 +283,49 @@ pub fn loss_kind_name(index: usize) -> &'static str {
     EventKind::from_u32(index as u32).map_or("unknown", EventKind::name)
 }
 
+/// Uprobe programs, loaded at start and attached per library by the TLS
+/// stage as processes map OpenSSL.
+pub const UPROBE_PROGRAMS: &[&str] = &["ssl_call_enter", "ssl_call_ex_enter", "ssl_write_exit", "ssl_read_exit"];
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn load(ebpf: &mut Ebpf, program: &str, kind: &Hook) -> Result<(), String> {
+    let Some(prog) = ebpf.program_mut(program) else {
+        return Err("program missing from the eBPF object".to_owned());
+    };
+    match kind {
+        Hook::TracePoint { .. } => {
+            let tp: &mut TracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
+            tp.load().map_err(|e| format!("load: {}", error_chain(&e)))
+        }
+        Hook::Raw { .. } => {
+            let tp: &mut RawTracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
+            tp.load().map_err(|e| format!("load: {}", error_chain(&e)))
+        }
+    }
+}
+
 fn attach(ebpf: &mut Ebpf, program: &str, hook: &Hook) -> Result<(), String> {
     let Some(prog) = ebpf.program_mut(program) else {
         return Err("program missing from the eBPF object".to_owned());
     };
-    let chain = |e: &dyn std::error::Error| {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
-    };
     match hook {
         Hook::TracePoint { category, name } => {
-            let tp: &mut TracePoint = prog.try_into().map_err(|e| chain(&e))?;
-            tp.load().map_err(|e| format!("load: {}", chain(&e)))?;
-            tp.attach(category, name).map_err(|e| format!("attach to {category}/{name}: {}", chain(&e)))?;
+            let tp: &mut TracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
+            tp.attach(category, name).map_err(|e| format!("attach: {}", error_chain(&e)))?;
         }
         Hook::Raw { name } => {
-            let tp: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
-            tp.load().map_err(|e| format!("load: {}", chain(&e)))?;
-            tp.attach(name).map_err(|e| format!("attach to raw tracepoint {name}: {}", chain(&e)))?;
+            let tp: &mut RawTracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
+            tp.attach(name).map_err(|e| format!("attach: {}", error_chain(&e)))?;
         }
     }
     Ok(())

@@ -1,0 +1,401 @@
+//! Pipeline stage 6: endpoint matches, execs and forks in; agents, their
+//! sessions, tool spawns and shadow-agent findings out.
+//!
+//! A process becomes an agent when it reaches an LLM endpoint (by TLS server
+//! name, DNS name, address, or the API shape of an HTTP request) or runs a
+//! known agent program. Its descendants, from then on, belong to it: their
+//! execs are tool spawns of the agent's current session, and the kernel is
+//! told to record their file operations. A session ends after
+//! `agents.session_idle_secs` without activity; the next activity starts a
+//! new one. An agent that matches no registered-agent selector yields one
+//! `finding.shadow_agent` per session.
+//!
+//! Descendants started before their ancestor became an agent are not
+//! members; membership starts at detection.
+
+pub mod control;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::{ProcKey, Process};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Seconds without activity (LLM calls, connections, tool spawns) after
+    /// which an agent's session ends.
+    pub session_idle_secs: u64,
+    /// Executable names that make a process an agent as soon as it starts.
+    pub known_programs: Vec<String>,
+    /// The registered-agent inventory: an agent matching any entry is
+    /// registered; others raise shadow-agent findings.
+    pub registered: Vec<RegisteredAgent>,
+    /// Unix socket serving `agent-sensor agents`.
+    pub control_socket: PathBuf,
+    /// Group allowed to read the control socket besides root; unset means
+    /// root only.
+    pub control_group: Option<u32>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_secs: 300,
+            known_programs: ["claude", "codex", "aider", "goose", "opencode", "cursor-agent", "gemini"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            registered: Vec::new(),
+            control_socket: PathBuf::from("/run/agent-sensor/control.sock"),
+            control_group: None,
+        }
+    }
+}
+
+/// Selectors of a registered agent; every selector given must match.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisteredAgent {
+    pub name: String,
+    /// Executable path.
+    pub exe: Option<String>,
+    pub exe_sha256: Option<String>,
+    pub uid: Option<u32>,
+    /// Prefix of the cgroup v2 path.
+    pub cgroup: Option<String>,
+}
+
+impl RegisteredAgent {
+    fn matches(&self, process: &Process) -> bool {
+        let has_selector = self.exe.is_some() || self.exe_sha256.is_some() || self.uid.is_some() || self.cgroup.is_some();
+        has_selector
+            && self.exe.as_ref().is_none_or(|exe| process.exe.path.as_deref() == Some(exe.as_str()))
+            && self.exe_sha256.as_ref().is_none_or(|hash| process.exe.sha256.as_deref() == Some(hash.as_str()))
+            && self.uid.is_none_or(|uid| process.uid == Some(uid))
+            && self.cgroup.as_ref().is_none_or(|prefix| {
+                process.cgroup_path.as_deref().is_some_and(|path| path.starts_with(prefix.as_str()))
+            })
+    }
+}
+
+/// A signal that made a process an agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    /// `sni`, `dns`, `address`, `api_shape` or `known_program`.
+    pub signal: &'static str,
+    /// The host name, address, path or program that matched.
+    pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: String,
+    #[serde(skip)]
+    pub number: u64,
+    #[serde(skip)]
+    pub started_ns: u64,
+    #[serde(skip)]
+    pub last_activity_ns: u64,
+    pub tool_spawns: u64,
+    pub connections: u64,
+    pub llm_requests: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Agent {
+    #[serde(skip)]
+    pub key: ProcKey,
+    pub pid: u32,
+    /// The exec id of the process when it became an agent.
+    pub agent_id: Arc<str>,
+    pub registered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub detected_by: Vec<Detection>,
+    pub session: Session,
+    pub endpoints: BTreeSet<String>,
+    #[serde(skip)]
+    shadow_reported_for: Option<u64>,
+}
+
+/// The `agent` section of a record.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView<'a> {
+    pub agent_id: &'a str,
+    pub session_id: &'a str,
+    pub registered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub detected_by: &'a [Detection],
+}
+
+impl<'a> From<&'a Agent> for AgentView<'a> {
+    fn from(agent: &'a Agent) -> Self {
+        AgentView {
+            agent_id: &agent.agent_id,
+            session_id: &agent.session.id,
+            registered: agent.registered,
+            name: agent.name.as_deref(),
+            detected_by: &agent.detected_by,
+        }
+    }
+}
+
+/// What a detection or activity changed, for the daemon to record.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The agent is new: record `agent.detected` and track its tree.
+    pub detected: bool,
+    /// A session ended and a new one began; the old id is given.
+    pub session_ended: Option<Session>,
+    /// Record a `finding.shadow_agent` for the current session.
+    pub shadow_finding: bool,
+}
+
+pub struct Agents {
+    config: AgentsConfig,
+    by_root: HashMap<ProcKey, Agent>,
+    /// Member process to the root of its agent tree.
+    member_of: HashMap<ProcKey, ProcKey>,
+    next_session: u64,
+    boot_prefix: String,
+}
+
+impl Agents {
+    pub fn new(config: AgentsConfig, boot_prefix: String) -> Self {
+        Self { config, by_root: HashMap::new(), member_of: HashMap::new(), next_session: 1, boot_prefix }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_root.len()
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.by_root.values()
+    }
+
+    /// Returns the agent whose tree `key` belongs to.
+    pub fn agent_of(&self, key: &ProcKey) -> Option<&Agent> {
+        self.member_of.get(key).and_then(|root| self.by_root.get(root))
+    }
+
+    fn new_session(&mut self, time_ns: u64) -> Session {
+        let number = self.next_session;
+        self.next_session += 1;
+        Session {
+            id: format!("{}-{number}", self.boot_prefix),
+            number,
+            started_ns: time_ns,
+            last_activity_ns: time_ns,
+            tool_spawns: 0,
+            connections: 0,
+            llm_requests: 0,
+        }
+    }
+
+    /// Returns whether `process` runs a known agent program.
+    pub fn known_program(&self, process: &Process) -> Option<String> {
+        let exe_name = process.exe.path.as_deref().and_then(|p| p.rsplit('/').next());
+        let argv0 = process.argv.as_deref().and_then(|a| a.first()).and_then(|a| a.rsplit('/').next());
+        [exe_name, argv0]
+            .into_iter()
+            .flatten()
+            .find(|name| self.config.known_programs.iter().any(|known| known == name))
+            .map(str::to_owned)
+    }
+
+    /// Records a detection signal for `process`. The process becomes an
+    /// agent unless it already belongs to one, in which case the signal is
+    /// activity of that agent.
+    pub fn detect(&mut self, process: &Process, detection: Detection, time_ns: u64) -> (ProcKey, Changes) {
+        if let Some(root) = self.member_of.get(&process.key).copied() {
+            let changes = self.activity(root, time_ns, |session| session.connections += 1);
+            if let Some(agent) = self.by_root.get_mut(&root) {
+                agent.endpoints.insert(detection.value.clone());
+                if !agent.detected_by.iter().any(|d| d.signal == detection.signal && d.value == detection.value) {
+                    agent.detected_by.push(detection);
+                }
+            }
+            return (root, changes);
+        }
+        let registered = self.config.registered.iter().find(|r| r.matches(process)).map(|r| r.name.clone());
+        let session = self.new_session(time_ns);
+        let mut endpoints = BTreeSet::new();
+        if detection.signal != "known_program" {
+            endpoints.insert(detection.value.clone());
+        }
+        let agent = Agent {
+            key: process.key,
+            pid: process.key.pid,
+            agent_id: process.exec_id.clone(),
+            registered: registered.is_some(),
+            name: registered,
+            detected_by: vec![detection],
+            session,
+            endpoints,
+            shadow_reported_for: None,
+        };
+        let shadow = !agent.registered;
+        let session_number = agent.session.number;
+        self.by_root.insert(process.key, agent);
+        self.member_of.insert(process.key, process.key);
+        if shadow {
+            if let Some(agent) = self.by_root.get_mut(&process.key) {
+                agent.shadow_reported_for = Some(session_number);
+            }
+        }
+        (process.key, Changes { detected: true, session_ended: None, shadow_finding: shadow })
+    }
+
+    /// Counts activity of the agent rooted at `root`, starting a new
+    /// session first when the current one has been idle too long.
+    pub fn activity(&mut self, root: ProcKey, time_ns: u64, count: impl FnOnce(&mut Session)) -> Changes {
+        let idle_ns = self.config.session_idle_secs.saturating_mul(1_000_000_000);
+        let expired = self
+            .by_root
+            .get(&root)
+            .is_some_and(|agent| time_ns.saturating_sub(agent.session.last_activity_ns) > idle_ns);
+        let mut changes = Changes::default();
+        if expired {
+            let session = self.new_session(time_ns);
+            if let Some(agent) = self.by_root.get_mut(&root) {
+                changes.session_ended = Some(std::mem::replace(&mut agent.session, session));
+                if !agent.registered && agent.shadow_reported_for != Some(agent.session.number) {
+                    agent.shadow_reported_for = Some(agent.session.number);
+                    changes.shadow_finding = true;
+                }
+            }
+        }
+        if let Some(agent) = self.by_root.get_mut(&root) {
+            agent.session.last_activity_ns = agent.session.last_activity_ns.max(time_ns);
+            count(&mut agent.session);
+        }
+        changes
+    }
+
+    /// Makes a new child a member of its parent's agent tree.
+    pub fn on_fork(&mut self, child: ProcKey, parent: ProcKey) {
+        if let Some(root) = self.member_of.get(&parent).copied() {
+            self.member_of.insert(child, root);
+        }
+    }
+
+    /// Returns the root of the agent tree when `key`'s exec is a tool spawn:
+    /// a member process other than the agent itself.
+    pub fn tool_spawn_root(&self, key: &ProcKey) -> Option<ProcKey> {
+        self.member_of.get(key).copied().filter(|root| root != key)
+    }
+
+    /// Forgets a process that left the process table. An agent's record
+    /// stays while any member lives, so its tools still find it.
+    pub fn forget(&mut self, key: &ProcKey) {
+        self.member_of.remove(key);
+        if self.by_root.contains_key(key) && !self.member_of.values().any(|root| root == key) {
+            self.by_root.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{exe::ExeInfo, Origin};
+
+    fn process(pid: u32, exe: &str) -> Process {
+        Process {
+            key: ProcKey { pid, start_ticks: 1 },
+            ppid: 1,
+            parent: None,
+            exec_id: format!("b:{pid}:1:1").into(),
+            parent_exec_id: None,
+            origin: Origin::Exec,
+            exec_time_ns: None,
+            ns_pid: None,
+            pid_ns: None,
+            uid: Some(1000),
+            gid: Some(1000),
+            comm: String::new(),
+            exe: ExeInfo { path: Some(exe.to_owned()), ..Default::default() },
+            exec_path: None,
+            argv: Some(vec![exe.to_owned()].into()),
+            argv_truncated: false,
+            argv_bytes: None,
+            cgroup_id: None,
+            cgroup_path: Some("/user.slice/user-1000.slice".into()),
+            fileless: false,
+            exited_ns: None,
+            unknown: Vec::new(),
+        }
+    }
+
+    fn sni(host: &str) -> Detection {
+        Detection { signal: "sni", value: host.to_owned(), provider: Some("openai".into()) }
+    }
+
+    #[test]
+    fn unregistered_agent_gets_one_finding_per_session() {
+        let mut agents = Agents::new(AgentsConfig { session_idle_secs: 10, ..Default::default() }, "b".into());
+        let python = process(10, "/usr/bin/python3");
+        let (root, changes) = agents.detect(&python, sni("api.openai.com"), 0);
+        assert!(changes.detected);
+        assert!(changes.shadow_finding);
+        let (_, again) = agents.detect(&python, sni("api.openai.com"), 1_000_000_000);
+        assert!(!again.detected && !again.shadow_finding);
+        let later = agents.activity(root, 30_000_000_000, |s| s.llm_requests += 1);
+        assert!(later.session_ended.is_some());
+        assert!(later.shadow_finding, "a new session raises a new finding");
+    }
+
+    #[test]
+    fn registered_agent_has_no_finding() {
+        let config = AgentsConfig {
+            registered: vec![RegisteredAgent { name: "support-bot".into(), exe: Some("/usr/bin/python3".into()), uid: Some(1000), ..Default::default() }],
+            ..Default::default()
+        };
+        let mut agents = Agents::new(config, "b".into());
+        let (_, changes) = agents.detect(&process(10, "/usr/bin/python3"), sni("api.openai.com"), 0);
+        assert!(changes.detected);
+        assert!(!changes.shadow_finding);
+        let agent = agents.agent_of(&ProcKey { pid: 10, start_ticks: 1 }).unwrap();
+        assert_eq!(agent.name.as_deref(), Some("support-bot"));
+    }
+
+    #[test]
+    fn empty_selector_registers_nothing() {
+        let config = AgentsConfig { registered: vec![RegisteredAgent { name: "any".into(), ..Default::default() }], ..Default::default() };
+        let mut agents = Agents::new(config, "b".into());
+        let (_, changes) = agents.detect(&process(10, "/x"), sni("api.openai.com"), 0);
+        assert!(changes.shadow_finding);
+    }
+
+    #[test]
+    fn children_are_members_and_tool_spawns() {
+        let mut agents = Agents::new(AgentsConfig::default(), "b".into());
+        let parent = process(10, "/usr/bin/node");
+        let (root, _) = agents.detect(&parent, sni("api.anthropic.com"), 0);
+        let child = ProcKey { pid: 11, start_ticks: 2 };
+        let grandchild = ProcKey { pid: 12, start_ticks: 3 };
+        agents.on_fork(child, root);
+        agents.on_fork(grandchild, child);
+        assert_eq!(agents.tool_spawn_root(&grandchild), Some(root));
+        assert_eq!(agents.tool_spawn_root(&root), None);
+        let (member_root, changes) = agents.detect(&process(12, "/usr/bin/curl"), sni("api.openai.com"), 5);
+        assert_eq!(member_root, root, "a member's LLM connection is its agent's activity");
+        assert!(!changes.detected);
+    }
+
+    #[test]
+    fn known_program_by_exe_or_argv0() {
+        let agents = Agents::new(AgentsConfig::default(), "b".into());
+        assert_eq!(agents.known_program(&process(1, "/usr/local/bin/claude")).as_deref(), Some("claude"));
+        assert_eq!(agents.known_program(&process(1, "/usr/bin/ls")), None);
+    }
+}
