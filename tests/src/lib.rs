@@ -24,10 +24,26 @@ pub fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: loading eBPF programs needs root; run `sudo -E cargo xtask test`".to_owned());
     }
+    binary_skip_reason()
+}
+
+/// Returns why tests that only run the binary (no eBPF load) cannot run.
+pub fn binary_skip_reason() -> Option<String> {
     if sensor_binary().is_none() {
         return Some("agent-sensor binary not found: run the tests through `cargo xtask test`".to_owned());
     }
     None
+}
+
+/// Skips the calling test when the agent-sensor binary is missing.
+#[macro_export]
+macro_rules! require_binary {
+    () => {
+        if let Some(reason) = $crate::binary_skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
 }
 
 /// Skips the calling test, with the reason, when it cannot run here.
@@ -271,4 +287,182 @@ pub fn run_workload(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Returns the value of the first `key value` line in a workload's output.
+pub fn output_value(output: &str, key: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("workload printed no `{key}` line; its output:\n{output}"))
+        .to_owned()
+}
+
+/// Like [`output_value`], parsed as a number.
+pub fn output_number(output: &str, key: &str) -> u64 {
+    let value = output_value(output, key);
+    value.parse().unwrap_or_else(|_| panic!("workload's `{key}` is not a number: {value:?}"))
+}
+
+/// A marker unique to this call, to find a test's own records among those
+/// of tests running in parallel.
+pub fn unique_marker(tag: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{tag}-{}-{n}-{nanos:08x}", std::process::id())
+}
+
+/// Lowercase hex sha256 of a file, from coreutils' `sha256sum`.
+pub fn sha256_file(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
+    assert!(output.status.success(), "sha256sum {} failed", path.display());
+    String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// The inode number of a process's pid namespace, from `/proc/PID/ns/pid`.
+pub fn pid_namespace(pid: u32) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("read the pid namespace link");
+    let text = link.to_string_lossy();
+    text.trim_start_matches("pid:[").trim_end_matches(']').parse().expect("pid namespace inode")
+}
+
+/// Every record of `kind` for process `pid`.
+pub fn records_for(records: &[Value], kind: &str, pid: u32) -> Vec<Value> {
+    records.iter().filter(|r| is_kind_for_pid(r, kind, pid)).cloned().collect()
+}
+
+/// A workload helper running in the background. Its stdout is read line by
+/// line as it comes, and its stdin stays open so it can wait for the test.
+/// Dropping the guard kills it, so a failed test leaves no process behind.
+pub struct Workload {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Workload {
+    pub fn spawn(args: &[&str]) -> Workload {
+        let mut child = Command::new(workload_binary())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting workload {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("workload stdout pipe");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Workload { child, stdin, lines, seen: Vec::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to ten seconds for the line `key value` and returns value.
+    pub fn value(&mut self, key: &str) -> String {
+        let wanted = |line: &String| line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).map(str::to_owned);
+        if let Some(value) = self.seen.iter().find_map(wanted) {
+            return value;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else { break };
+            self.seen.push(line.clone());
+            if let Some(value) = wanted(&line) {
+                return value;
+            }
+        }
+        panic!("workload printed no `{key}` line; its output so far:\n{}", self.seen.join("\n"));
+    }
+
+    pub fn number(&mut self, key: &str) -> u64 {
+        let value = self.value(key);
+        value.parse().unwrap_or_else(|_| panic!("workload's `{key}` is not a number: {value:?}"))
+    }
+
+    /// Sends one line to the workload, which waits for it before acting.
+    pub fn resume(&mut self) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("workload stdin already closed");
+        stdin.write_all(b"go\n").expect("write to the workload's stdin");
+    }
+
+    /// Closes stdin and waits up to ten seconds for the workload to exit.
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait().expect("wait for the workload") {
+                Some(status) => return status,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None => panic!("workload did not exit in time; output:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback TCP port that is bound but not listening, so a connect to it
+/// is refused. The port stays reserved until the guard is dropped.
+pub struct ClosedPort {
+    fd: i32,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    /// Binds on 127.0.0.1 or, with `ipv6`, on ::1.
+    pub fn new(ipv6: bool) -> ClosedPort {
+        let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: socket has no memory arguments.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: an all-zero sockaddr_storage is valid and large enough for either family.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = if ipv6 {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        } else {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            std::mem::size_of::<libc::sockaddr_in>()
+        };
+        let mut socklen = len as libc::socklen_t;
+        // SAFETY: storage holds a sockaddr of `socklen` bytes.
+        let ret = unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), socklen) };
+        assert_eq!(ret, 0, "bind: {}", std::io::Error::last_os_error());
+        // SAFETY: storage and socklen are valid out pointers of the sizes given.
+        let ret = unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut socklen) };
+        assert_eq!(ret, 0, "getsockname: {}", std::io::Error::last_os_error());
+        // The port field sits at the same offset in sockaddr_in and sockaddr_in6.
+        // SAFETY: storage holds the sockaddr getsockname wrote.
+        let port = u16::from_be(unsafe { (*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port });
+        ClosedPort { fd, port }
+    }
+}
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(self.fd) };
+    }
 }
