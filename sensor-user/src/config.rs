@@ -17,6 +17,7 @@ pub const ARGV_MAX_BYTES_LIMIT: u32 = sensor_common::ARGV_CAPACITY as u32 - 1;
 pub struct Config {
     pub probes: ProbesConfig,
     pub process: ProcessConfig,
+    pub identity: IdentityConfig,
     pub output: OutputConfig,
 }
 
@@ -98,6 +99,84 @@ impl Default for ProcessConfig {
             max_processes: 65536,
             max_hash_bytes: 512 << 20,
             max_ancestry: 16,
+        }
+    }
+}
+
+/// Workload identity: where cgroups, runtime metadata and user names are
+/// read. Every path is configurable because a DaemonSet mounts the host's
+/// directories wherever its manifest says.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Look up workload identities; when false, records carry no `workload`.
+    pub enabled: bool,
+    /// The cgroup2 mount. Empty: the first cgroup2 mount in `mountinfo_path`
+    /// (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+    /// hybrid ones).
+    pub cgroup_root: PathBuf,
+    /// The mount table searched when `cgroup_root` is empty.
+    pub mountinfo_path: PathBuf,
+    /// Upper bound on cgroups whose path and workload are cached.
+    pub max_cgroups: usize,
+    /// How long a removed cgroup's workload stays cached, in seconds, for
+    /// records about its processes that arrive after it is gone.
+    pub removed_retention_secs: u64,
+    /// containerd task directories, each holding `NAMESPACE/ID/config.json`.
+    pub containerd_task_roots: Vec<PathBuf>,
+    /// containers/storage roots of CRI-O and Podman, each holding
+    /// `overlay-containers/ID/userdata/config.json`.
+    pub containers_storage_roots: Vec<PathBuf>,
+    /// Docker data roots, each holding `containers/ID/config.v2.json`.
+    pub docker_roots: Vec<PathBuf>,
+    /// The kubelet's container log links (`POD_NAMESPACE_CONTAINER-ID.log`),
+    /// a fallback for pod and container names; empty to skip.
+    pub container_logs_root: PathBuf,
+    /// The kubelet's pod log directories (`NAMESPACE_POD_UID`), a fallback
+    /// for pod names; empty to skip.
+    pub pod_logs_root: PathBuf,
+    /// The passwd file user names are read from (NSS is never called).
+    pub passwd_path: PathBuf,
+    /// Watch this node's pods in the Kubernetes API for service accounts and
+    /// labels. Needs a build with the `kube-api` feature.
+    pub kube_api: bool,
+    /// API server URL. Empty: in-cluster, from `KUBERNETES_SERVICE_HOST`
+    /// and `KUBERNETES_SERVICE_PORT`.
+    pub kube_api_url: String,
+    /// Bearer token file for the API.
+    pub kube_token_path: PathBuf,
+    /// CA bundle (PEM) that signs the API server's certificate.
+    pub kube_ca_path: PathBuf,
+    /// This node's name, for the `spec.nodeName` field selector. Empty: the
+    /// `NODE_NAME` environment variable, else the host name.
+    pub kube_node_name: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cgroup_root: PathBuf::new(),
+            mountinfo_path: PathBuf::from("/proc/self/mountinfo"),
+            max_cgroups: 8192,
+            removed_retention_secs: 120,
+            containerd_task_roots: vec![
+                PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
+                PathBuf::from("/run/docker/containerd/daemon/io.containerd.runtime.v2.task"),
+            ],
+            containers_storage_roots: vec![
+                PathBuf::from("/run/containers/storage"),
+                PathBuf::from("/var/lib/containers/storage"),
+            ],
+            docker_roots: vec![PathBuf::from("/var/lib/docker")],
+            container_logs_root: PathBuf::from("/var/log/containers"),
+            pod_logs_root: PathBuf::from("/var/log/pods"),
+            passwd_path: PathBuf::from("/etc/passwd"),
+            kube_api: false,
+            kube_api_url: String::new(),
+            kube_token_path: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            kube_ca_path: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+            kube_node_name: String::new(),
         }
     }
 }
@@ -252,6 +331,25 @@ impl Config {
             "evidence_path",
             self.output.stdout || self.output.evidence_file().is_some(),
             "no output: set evidence_path or enable stdout".to_owned(),
+        );
+        check(
+            "identity",
+            "max_cgroups",
+            self.identity.max_cgroups >= 64,
+            format!("{} is below the minimum of 64", self.identity.max_cgroups),
+        );
+        let url = &self.identity.kube_api_url;
+        check(
+            "identity",
+            "kube_api_url",
+            url.is_empty() || url.starts_with("https://"),
+            format!("{url:?} is not an https:// URL; the API is only reached over TLS"),
+        );
+        check(
+            "identity",
+            "kube_api",
+            !self.identity.kube_api || cfg!(feature = "kube-api"),
+            "this build has no Kubernetes API support; rebuild with `--features kube-api`".to_owned(),
         );
         problems
     }

@@ -5,6 +5,7 @@ mod agents;
 mod config;
 mod daemon;
 mod evidence;
+mod identity;
 mod net;
 mod probes;
 mod process;
