@@ -21,7 +21,8 @@ pub fn run() -> Result<()> {
 pub fn ensure() -> Result<()> {
     ensure_nightly()?;
     ensure_llvm()?;
-    ensure_bpf_linker()
+    ensure_bpf_linker()?;
+    ensure_python_packages()
 }
 
 /// PATH with LLVM 22's tools first, as bpf-linker's build expects.
@@ -101,4 +102,28 @@ fn ensure_bpf_linker() -> Result<()> {
             .env("PATH", path_with_tools())
             .args(["install", "bpf-linker@0.13.0", "--no-default-features", "--features", "llvm-22"]),
     )
+}
+
+/// Python packages the integration tests' clients import: the `openai`
+/// client, and the OpenTelemetry SDK with its OTLP/HTTP exporter.
+const PYTHON_PACKAGES: &[&str] = &["openai", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"];
+
+/// Installs the tests' Python packages with pip when `openai` cannot be
+/// imported; the others are installed together with it.
+fn ensure_python_packages() -> Result<()> {
+    if Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the Python packages the integration tests use: {}", PYTHON_PACKAGES.join(" "));
+    let install = |extra: &[&str]| -> Result<()> {
+        run_command(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(extra)
+                .args(PYTHON_PACKAGES),
+        )
+    };
+    // Debian's own python3 marks its site-packages as externally managed
+    // (PEP 668), so pip needs explicit permission there.
+    install(&[]).or_else(|_| install(&["--break-system-packages"])).context("installing Python packages with pip")
 }
