@@ -369,15 +369,15 @@ impl Workload {
 
     /// Waits up to ten seconds for the line `key value` and returns value.
     pub fn value(&mut self, key: &str) -> String {
-        let wanted = |line: &String| line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).map(str::to_owned);
-        if let Some(value) = self.seen.iter().find_map(wanted) {
+        let value_of = |line: &String| line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).map(str::to_owned);
+        if let Some(value) = self.seen.iter().find_map(value_of) {
             return value;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let Ok(line) = self.lines.recv_timeout(left) else { break };
             self.seen.push(line.clone());
-            if let Some(value) = wanted(&line) {
+            if let Some(value) = value_of(&line) {
                 return value;
             }
         }

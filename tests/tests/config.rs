@@ -37,7 +37,7 @@ fn single_error_line(output: &Output) -> String {
     errors[0].to_owned()
 }
 
-/// Runs `check-config` on `text`; returns the output and the file's path.
+/// Runs `check-config` on `text` and returns the output and the file's path.
 fn check_config(text: &str) -> (Output, String) {
     let dir = TempDir::new("config");
     let path = write_config(&dir, text);

@@ -8,14 +8,14 @@ use integration_tests::{
 };
 use serde_json::{json, Value};
 
-/// The net.connect record from process `pid` to `port`.
+/// Waits for the net.connect record from process `pid` to `port`.
 fn connect_record(sensor: &Sensor, pid: u64, port: u16) -> Value {
     sensor.expect(&format!("connect from pid {pid} to port {port}"), |r| {
         r["kind"] == "net.connect" && r["process"]["pid"] == pid && r["network"]["destination"]["port"] == port
     })
 }
 
-/// The workload's own exec record.
+/// Waits for the workload's own exec record.
 fn workload_exec(sensor: &Sensor, pid: u64) -> Value {
     sensor.expect(&format!("the workload's exec (pid {pid})"), |r| {
         r["kind"] == "process.exec"
@@ -34,8 +34,8 @@ fn listener(address: &str) -> (TcpListener, u16) {
     (listener, port)
 }
 
-/// Checks the handshake outcome of a non-blocking connect: either in the
-/// connect record itself, or in a later net.connect_result with its id.
+/// Checks the handshake outcome of a non-blocking connect, found either in
+/// the connect record itself or in a later net.connect_result with its id.
 fn assert_async_outcome(sensor: &Sensor, record: &Value, outcome: &str) {
     let network = &record["network"];
     assert_eq!(network["result"], "EINPROGRESS", "{record}");

@@ -9,12 +9,17 @@ use integration_tests::{
 };
 use serde_json::Value;
 
-/// The exec record whose argv is exactly `expected`.
+/// A drain interval long enough that a short-lived process has exited when
+/// the daemon handles its exec record, as happens under load, so the tests
+/// below exercise that path every time.
+const SLOW_DRAIN: &str = "[probes]\ndrain_interval_ms = 500\n";
+
+/// Waits for the exec record whose argv is exactly `expected`.
 fn exec_with_argv(sensor: &Sensor, expected: &[&str]) -> Value {
     sensor.expect(&format!("exec of {expected:?}"), |r| r["kind"] == "process.exec" && argv(r) == expected)
 }
 
-/// The workload's own exec record: pid `pid`, running the workload binary.
+/// Waits for the workload's own exec record: pid `pid`, running the workload binary.
 fn workload_exec(sensor: &Sensor, pid: u64) -> Value {
     sensor.expect(&format!("the workload's exec (pid {pid})"), |r| {
         r["kind"] == "process.exec"
@@ -27,13 +32,13 @@ fn canonical(path: &str) -> String {
     std::fs::canonicalize(path).expect("canonicalize").to_string_lossy().into_owned()
 }
 
-/// Bytes of a command line in the new image: each argument and its NUL.
+/// Returns the size of a command line in the new image: each argument and its NUL.
 fn argv_bytes(args: &[String]) -> u64 {
     args.iter().map(|a| a.len() as u64 + 1).sum()
 }
 
-/// The argv the sensor should report when it copies the first `bound`
-/// bytes of the NUL-separated command line.
+/// Returns the argv the sensor should report when it copies the first
+/// `bound` bytes of the NUL-separated command line.
 fn argv_cut(args: &[String], bound: usize) -> Vec<String> {
     let mut bytes: Vec<u8> = Vec::new();
     for arg in args {
@@ -48,12 +53,10 @@ fn argv_cut(args: &[String], bound: usize) -> Vec<String> {
 #[test]
 fn exec_exiting_at_once_has_exe() {
     require_sensor!();
-    let sensor = Sensor::start("");
+    let sensor = Sensor::start(SLOW_DRAIN);
     let marker = unique_marker("exit-fast");
     let true_path = canonical("/bin/true");
     let true_sha = sha256_file(Path::new(&true_path));
-    // Several runs, because whether the process is gone before the daemon
-    // reads /proc depends on timing, and both paths must give the same record.
     for i in 0..10 {
         let status = Command::new("/bin/true").arg(format!("{marker}-{i}")).status().expect("run /bin/true");
         assert!(status.success());
@@ -74,7 +77,7 @@ fn exec_exiting_at_once_has_exe() {
 #[test]
 fn exec_relative_path_has_exe() {
     require_sensor!();
-    let sensor = Sensor::start("");
+    let sensor = Sensor::start(SLOW_DRAIN);
     let marker = unique_marker("exit-relative");
     let true_path = canonical("/bin/true");
     let true_dir = Path::new(&true_path).parent().expect("directory of true");
@@ -112,7 +115,10 @@ fn exec_from_non_leader_thread() {
     assert_eq!(process["pid"], pid, "pid is the process, not the exec'ing thread: {record}");
     assert_eq!(process["ns_pid"], pid, "{record}");
     assert!(process.get("thread").is_none(), "after exec the thread is the leader: {record}");
-    assert_eq!(process["exe"], canonical("/bin/true").as_str(), "{record}");
+    // Exact exe paths are checked by exec_exiting_at_once_has_exe; here it
+    // is enough that exe is the new program's file, not the workload's.
+    let exe = process["exe"].as_str().map(canonical);
+    assert_eq!(exe, Some(canonical("/bin/true")), "{record}");
     assert_eq!(process["exe_sha256"], sha256_file(Path::new("/bin/true")).as_str(), "{record}");
     assert_eq!(process["ppid"], std::process::id(), "{record}");
     assert_eq!(process["start_time"], before["process"]["start_time"], "exec keeps the process's start time: {record}");
@@ -142,7 +148,7 @@ fn execveat_empty_path_on_fd() {
 #[test]
 fn execveat_fd_exiting_at_once() {
     require_sensor!();
-    let sensor = Sensor::start("");
+    let sensor = Sensor::start(SLOW_DRAIN);
     let marker = unique_marker("execveat-fast");
     let output = run_workload(&["execveat-fd", "/bin/true", &marker]);
     let fd = output_number(&output, "fd");
@@ -176,7 +182,7 @@ fn memfd_exec_is_fileless() {
 #[test]
 fn memfd_exec_exiting_at_once() {
     require_sensor!();
-    let sensor = Sensor::start("");
+    let sensor = Sensor::start(SLOW_DRAIN);
     let marker = unique_marker("memfd-fast");
     run_workload(&["memfd-exec", "/bin/true", &marker]);
 
@@ -185,8 +191,8 @@ fn memfd_exec_exiting_at_once() {
     assert_eq!(process["fileless"], true, "{record}");
     let exe = process["exe"].as_str().unwrap_or_default();
     assert!(exe.contains("memfd:workload-memfd"), "exe names the memfd: {record}");
-    // The memfd is gone with the process, so the hash may be unknowable;
-    // then the record must say so rather than leave it silently empty.
+    // The memfd is gone with the process, so the hash may be unknowable.
+    // Then the record must mark it unknown rather than leave it empty.
     let hash_known = process["exe_sha256"] == sha256_file(Path::new("/bin/true")).as_str();
     let hash_marked_unknown = process["exe_sha256"].is_null() && process["unknown"]["exe_sha256"].is_string();
     assert!(hash_known || hash_marked_unknown, "exe_sha256 is right or marked unknown: {record}");
@@ -236,7 +242,7 @@ fn argv_5000_arguments_truncated() {
     assert_eq!(argv(&record), argv_cut(&full, 4095), "argv is the first 4095 bytes: {record}");
 }
 
-/// Arguments for `/bin/true MARKER PAD` whose command line is `total` bytes.
+/// Builds arguments for `/bin/true MARKER PAD` whose command line is `total` bytes.
 fn argv_of_size(marker: &str, total: usize) -> Vec<String> {
     let fixed = "/bin/true".len() + 1 + marker.len() + 1 + 1;
     vec!["/bin/true".into(), marker.into(), "x".repeat(total - fixed)]

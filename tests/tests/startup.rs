@@ -57,6 +57,30 @@ fn snapshot_has_lineage() {
 }
 
 #[test]
+fn snapshot_process_connect() {
+    require_sensor!();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("listener address").port();
+    let mut workload = Workload::spawn(&["wait-connect", "127.0.0.1", &port.to_string()]);
+    let pid = workload.number("pid");
+    let sensor = Sensor::start("");
+    let snapshot = snapshot_of(&sensor, pid);
+
+    workload.resume();
+    assert_eq!(workload.number("errno"), 0, "the connect succeeded");
+    let record = sensor.expect("connect from the running process", |r| {
+        r["kind"] == "net.connect" && r["process"]["pid"] == pid && r["network"]["destination"]["port"] == port
+    });
+    let process = &record["process"];
+    assert_eq!(process["exec_id"], snapshot["process"]["exec_id"], "the identity is the snapshot's: {record}");
+    assert_eq!(process["origin"], "procfs_scan", "{record}");
+    assert_eq!(process["argv"], snapshot["process"]["argv"], "{record}");
+    assert_eq!(process["parent_exec_id"], snapshot["process"]["parent_exec_id"], "{record}");
+    assert!(process.get("unknown").is_none(), "nothing is unknown about a scanned process: {record}");
+    assert!(workload.finish().success());
+}
+
+#[test]
 fn snapshot_has_pid_namespace() {
     require_sensor!();
     let unshare = KillOnDrop(
@@ -79,7 +103,7 @@ fn snapshot_has_pid_namespace() {
     assert_eq!(argv(&snapshot), ["/bin/sleep", "30"], "{snapshot}");
 }
 
-/// Kills a child on drop; `unshare --kill-child` then kills its own child.
+/// Kills a child on drop. `unshare --kill-child` then kills its own child.
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -107,7 +131,7 @@ fn first_child(pid: u32) -> u32 {
     }
 }
 
-/// Degraded records and the start record of a sensor run with `config`.
+/// Collects the sensor.degraded records and the sensor.start record.
 fn degraded(sensor: &Sensor) -> (Vec<Value>, Value) {
     let start = sensor.expect("sensor.start", |r| r["kind"] == "sensor.start");
     // Degraded records follow the start record before any event.

@@ -31,6 +31,7 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
   pid-reuse MARKER MODE PORT      give a new process the pid of an exited one with clone3,
                                   MODE later or same-tick (both started in the same clock tick)
   wait-fork-exec MARKER           wait for a line on stdin, then fork and exec `/bin/true MARKER`
+  wait-connect ADDR PORT          wait for a line on stdin, then connect to ADDR:PORT
   exit-code CODE                  exit with CODE
   exit-signal SIGNAL              kill itself with SIGNAL
   leader-exits-first CODE         end the main thread first, then exit_group(CODE) from a worker";
@@ -52,6 +53,7 @@ fn main() {
         "pidns" => pidns(rest),
         "pid-reuse" => pid_reuse(rest),
         "wait-fork-exec" => wait_fork_exec(rest),
+        "wait-connect" => wait_connect(rest),
         "exit-code" => exit_code(rest),
         "exit-signal" => exit_signal(rest),
         "leader-exits-first" => leader_exits_first(rest),
@@ -64,8 +66,8 @@ fn fail(message: &str) -> ! {
     std::process::exit(1);
 }
 
-/// Prints one `key value` line; stdout is line-buffered, so the line is out
-/// before the next syscall.
+/// Prints one `key value` line. Rust's stdout is line-buffered, so the line
+/// is written before the next syscall.
 fn say(key: &str, value: impl std::fmt::Display) {
     println!("{key} {value}");
 }
@@ -139,8 +141,8 @@ impl CArray {
     }
 }
 
-/// Replaces the process image; on failure exits the process with 127, as a
-/// shell does, so a child never returns into the caller's code.
+/// Replaces the process image. On failure it exits with 127, as a shell
+/// does, so a child never returns into the caller's code.
 fn exec(path: &CString, argv: &CArray) -> ! {
     // SAFETY: path and argv are NUL-terminated and outlive the call.
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
@@ -169,8 +171,8 @@ fn wait_success(pid: i32, what: &str) {
     }
 }
 
-/// Start time of `pid` in clock ticks, field 22 of /proc/PID/stat; readable
-/// for a zombie too.
+/// Reads the start time of `pid` in clock ticks, field 22 of /proc/PID/stat,
+/// which a zombie still has.
 fn start_ticks(pid: i32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| fail(&format!("reading /proc/{pid}/stat: {e}")));
@@ -190,6 +192,7 @@ fn storm(args: &[String]) {
     let path = cstring("/bin/true");
     // Built before the loop so each child does no work between fork and exec.
     let argvs: Vec<CArray> = (0..count).map(|i| CArray::of(&["/bin/true", &format!("{marker}-{i}")])).collect();
+
     let mut running = 0;
     let mut failed = 0;
     let mut reap_one = || {
@@ -200,6 +203,7 @@ fn storm(args: &[String]) {
             failed += 1;
         }
     };
+
     for argv in &argvs {
         if running >= parallel.max(1) {
             reap_one();
@@ -213,6 +217,7 @@ fn storm(args: &[String]) {
     for _ in 0..running {
         reap_one();
     }
+
     say("done", count);
     if failed > 0 {
         fail(&format!("{failed} of {count} children failed"));
@@ -258,8 +263,8 @@ fn execveat_fd(args: &[String]) {
     let argv = &args[1..];
     say("pid", getpid());
     let file = std::fs::File::open(path).unwrap_or_else(|e| fail(&format!("opening {path}: {e}")));
-    // Rust opens with O_CLOEXEC; the descriptor must survive into the exec so
-    // the kernel names it /dev/fd/N rather than refusing a script later.
+    // Rust opens files with O_CLOEXEC. Clearing it keeps the descriptor open
+    // across the exec, so the kernel names the program /dev/fd/N.
     let fd = file.as_raw_fd();
     // SAFETY: fd is open; clearing FD_CLOEXEC has no other effect.
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, "fcntl(F_SETFD)");
@@ -572,8 +577,8 @@ fn pid_reuse(args: &[String]) {
         }
         let new = new as i32;
         let new_start = start_ticks(new);
-        let wanted = (old_start == new_start) == same_tick;
-        let command: &[u8] = if wanted { b"g" } else { b"k" };
+        let matches_mode = (old_start == new_start) == same_tick;
+        let command: &[u8] = if matches_mode { b"g" } else { b"k" };
         // SAFETY: writes one byte from a local slice.
         unsafe { libc::write(pipe[1], command.as_ptr().cast(), 1) };
         // SAFETY: both descriptors are ours.
@@ -582,7 +587,7 @@ fn pid_reuse(args: &[String]) {
             libc::close(pipe[1]);
         }
         wait_success(new, "the process with the recycled pid");
-        if wanted {
+        if matches_mode {
             say("old", old);
             say("new", new);
             say("old_start_ticks", old_start);
@@ -609,6 +614,15 @@ fn wait_fork_exec(args: &[String]) {
     // Stays alive until stdin closes, so the test can also check records
     // that name this process after its child ended.
     let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
+}
+
+fn wait_connect(args: &[String]) {
+    let address = socket_address(arg(args, 0, "ADDR"), arg(args, 1, "PORT"));
+    say("pid", getpid());
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).unwrap_or_else(|e| fail(&format!("reading stdin: {e}")));
+    let fd = open_socket(address, libc::SOCK_STREAM);
+    say("errno", raw_connect(fd, address));
 }
 
 fn exit_code(args: &[String]) {
