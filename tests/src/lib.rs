@@ -8,6 +8,8 @@
 //! daemon with SIGINT on drop, so each test's kernel programs are detached
 //! even when it fails.
 
+pub mod container;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},

@@ -22,7 +22,8 @@ pub fn ensure() -> Result<()> {
     ensure_nightly()?;
     ensure_llvm()?;
     ensure_bpf_linker()?;
-    ensure_python_packages()
+    ensure_python_packages()?;
+    ensure_container_packages()
 }
 
 /// PATH with LLVM 22's tools first, as bpf-linker's build expects.
@@ -126,4 +127,37 @@ fn ensure_python_packages() -> Result<()> {
     // Debian's own python3 marks its site-packages as externally managed
     // (PEP 668), so pip needs explicit permission there.
     install(&[]).or_else(|_| install(&["--break-system-packages"])).context("installing Python packages with pip")
+}
+
+/// Debian packages the identity tests run real containers with: `runc`,
+/// and `busybox-static`, whose single static binary is the containers'
+/// root file system.
+const CONTAINER_PACKAGES: &[&str] = &["runc", "busybox-static"];
+
+/// Installs the container test packages with apt-get when missing. Without
+/// root it only says what is missing, because the tests that need them
+/// skip themselves without root anyway.
+fn ensure_container_packages() -> Result<()> {
+    let missing: Vec<&str> = CONTAINER_PACKAGES.iter().copied().filter(|p| !package_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("xtask: container tests will skip: missing Debian packages {} (apt-get install {})", missing.join(", "), missing.join(" "));
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} (real containers for the identity tests)", missing.join(", "));
+    let install = |update: bool| -> Result<()> {
+        if update {
+            run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+        }
+        run_command(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing),
+        )
+    };
+    install(false).or_else(|_| install(true)).context("installing the container test packages")
 }

@@ -61,7 +61,8 @@ impl PodInfo {
 }
 
 /// The API connection's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ApiState {
     /// No API configured.
     Disabled,
@@ -192,6 +193,29 @@ impl PodDirectory {
         if changed {
             self.bump();
         }
+    }
+}
+
+/// Returns the pod directory for `config`, and starts the watcher task
+/// that fills it when the API is enabled. Must run inside the tokio runtime.
+pub fn start_watch(config: &crate::config::IdentityConfig) -> Arc<PodDirectory> {
+    if !config.kube_api {
+        return PodDirectory::new(ApiState::Disabled);
+    }
+    #[cfg(feature = "kube-api")]
+    {
+        let directory = PodDirectory::new(ApiState::Connecting);
+        super::kube_watch::spawn(config, directory.clone());
+        directory
+    }
+    #[cfg(not(feature = "kube-api"))]
+    {
+        // Configuration validation rejects this combination; a directory
+        // that reports the API unreachable is the honest fallback.
+        log::error!("identity.kube_api is set but this build has no Kubernetes API support");
+        let directory = PodDirectory::new(ApiState::Unreachable);
+        directory.set_unreachable("built without the kube-api feature".to_owned());
+        directory
     }
 }
 

@@ -263,6 +263,34 @@ pub fn detect_cgroup_root(config: &IdentityConfig) -> Result<PathBuf, index::Cgr
 }
 
 impl Identity {
+    /// Builds the stage from the configuration: finds the cgroup2 mount and,
+    /// when configured, starts watching the Kubernetes API. Problems are
+    /// logged and leave the affected fields unknown; they never stop the
+    /// daemon.
+    pub fn start(config: &IdentityConfig) -> Identity {
+        let cgroup_root = match detect_cgroup_root(config) {
+            Ok(root) if index::is_cgroup2(&root) => Some(root),
+            Ok(root) => {
+                log::warn!("{} is not a cgroup2 mount; workloads will be unknown (no_cgroup2_mount)", root.display());
+                None
+            }
+            Err(error) => {
+                log::warn!("workloads will be unknown: {error}");
+                None
+            }
+        };
+        let pods = kube::start_watch(config);
+        Identity::new(config, cgroup_root, pods)
+    }
+
+    /// The stage's settings and state, for the `sensor.start` record.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cgroup_root": self.index.root(),
+            "kube_api": self.pods.api_state(),
+        })
+    }
+
     /// Builds the stage. `cgroup_root` is the cgroup2 mount (`None` when
     /// there is none) and `pods` the Kubernetes API's view of this node.
     pub fn new(config: &IdentityConfig, cgroup_root: Option<PathBuf>, pods: Arc<PodDirectory>) -> Identity {

@@ -1,0 +1,355 @@
+//! Workload identity on records of real containers and host services.
+//!
+//! Containers run with runc from a busybox rootfs. Each test lays out the
+//! bundle under a runtime root it owns, with the annotations the CRI
+//! runtime would write, and puts the container's cgroup where the kubelet
+//! would; the sensor is pointed at those roots. The containers share the
+//! host's network namespace and connect only to the test's loopback
+//! listener.
+
+use std::{net::TcpListener, path::PathBuf, time::Duration};
+
+use integration_tests::{
+    argv,
+    container::{
+        containerd_annotations, crio_annotations, random_container_id, random_pod_uid, CgroupDir, Container,
+        ContainerLayout,
+    },
+    require_containers, require_sensor, unique_marker, Sensor, TempDir,
+};
+use serde_json::Value;
+
+const TEST_UID: u32 = 4711;
+const TEST_USER: &str = "agent-sensor-it";
+
+/// The scratch roots one test owns and the sensor settings that point at them.
+struct Roots {
+    scratch: TempDir,
+}
+
+impl Roots {
+    fn new(tag: &str) -> Roots {
+        let scratch = TempDir::new(tag);
+        std::fs::write(
+            scratch.path().join("passwd"),
+            format!("root:x:0:0:root:/root:/bin/sh\n{TEST_USER}:x:{TEST_UID}:{TEST_UID}::/nonexistent:/bin/false\n"),
+        )
+        .expect("write the fixture passwd file");
+        Roots { scratch }
+    }
+
+    fn containerd_task_root(&self) -> PathBuf {
+        self.scratch.path().join("containerd/io.containerd.runtime.v2.task")
+    }
+
+    fn storage_root(&self) -> PathBuf {
+        self.scratch.path().join("containers-storage")
+    }
+
+    /// The sensor's `[identity]` section. The cgroup2 mount is left to
+    /// detection from `/proc/self/mountinfo`.
+    fn sensor_config(&self) -> String {
+        format!(
+            "[identity]\ncontainerd_task_roots = [\"{}\"]\ncontainers_storage_roots = [\"{}\"]\ndocker_roots = []\ncontainer_logs_root = \"\"\npod_logs_root = \"\"\npasswd_path = \"{}\"\n",
+            self.containerd_task_root().display(),
+            self.storage_root().display(),
+            self.scratch.path().join("passwd").display(),
+        )
+    }
+
+    /// A containerd bundle in the `k8s.io` namespace.
+    fn containerd_layout(&self, id: &str, cgroups_path: String) -> ContainerLayout {
+        let bundle = self.containerd_task_root().join("k8s.io").join(id);
+        ContainerLayout { rootfs: bundle.join("rootfs"), bundle, cgroups_path }
+    }
+
+    /// A CRI-O bundle: `userdata` holds config.json; the rootfs is the
+    /// overlay's merged directory elsewhere in the storage root.
+    fn crio_layout(&self, id: &str, cgroups_path: String) -> ContainerLayout {
+        let storage = self.storage_root();
+        ContainerLayout {
+            bundle: storage.join("overlay-containers").join(id).join("userdata"),
+            rootfs: storage.join("overlay").join(id).join("merged"),
+            cgroups_path,
+        }
+    }
+}
+
+/// The kubelet's systemd-driver cgroup for a container of a pod.
+fn systemd_pod_cgroup(qos: &str, pod_uid: &str, scope: &str) -> String {
+    let uid = pod_uid.replace('-', "_");
+    format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid}.slice/{scope}")
+}
+
+/// A loopback listener that accepts and closes connections in the background.
+fn listener() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+    let port = listener.local_addr().expect("listener address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            drop(stream);
+        }
+    });
+    port
+}
+
+fn exec_with_argv(sensor: &Sensor, what: &str, expected: &[&str]) -> Value {
+    sensor.expect(what, |r| r["kind"] == "process.exec" && argv(r) == expected)
+}
+
+fn connect_to(sensor: &Sensor, what: &str, port: u16) -> Value {
+    sensor.expect(what, |r| {
+        r["kind"] == "net.connect"
+            && r["network"]["destination"]["port"] == port
+            && r["network"]["destination"]["address"] == "127.0.0.1"
+    })
+}
+
+/// The workload a Kubernetes container's records must carry.
+struct Expected<'a> {
+    runtime: &'a str,
+    id: &'a str,
+    pod_uid: &'a str,
+    pod: &'a str,
+    namespace: &'a str,
+    container: &'a str,
+    image: &'a str,
+}
+
+/// Checks the pod fields every Kubernetes container record must carry.
+fn assert_pod_workload(record: &Value, expected: &Expected<'_>) {
+    let workload = &record["workload"];
+    assert_eq!(workload["kind"], "container", "{record}");
+    assert_eq!(workload["runtime"], expected.runtime, "{record}");
+    assert_eq!(workload["container_id"], expected.id, "{record}");
+    assert_eq!(workload["pod"], expected.pod, "{record}");
+    assert_eq!(workload["namespace"], expected.namespace, "{record}");
+    assert_eq!(workload["pod_uid"], expected.pod_uid, "{record}");
+    assert_eq!(workload["container"], expected.container, "{record}");
+    assert_eq!(workload["image"], expected.image, "{record}");
+    // Without the Kubernetes API the service account is explicitly unknown.
+    assert_eq!(workload["service_account"], Value::Null, "{record}");
+    assert_eq!(workload["unknown"]["service_account"], "kube_api_disabled", "{record}");
+}
+
+/// Runs a container that execs a marked `/bin/true` and connects to a
+/// loopback listener, and checks the workload on both records.
+fn check_pod_container(roots: &Roots, layout: ContainerLayout, annotations: Value, expected: &Expected<'_>) {
+    let id = expected.id;
+    let sensor = Sensor::start(&roots.sensor_config());
+    let port = listener();
+    let marker = unique_marker("ctr");
+    let script = format!("/bin/true {marker}; nc -w 2 127.0.0.1 {port} </dev/null; sleep 0.2");
+    let scratch = TempDir::new("runc");
+    let mut running = Container::run(scratch, id, &layout, annotations, &["/bin/sh", "-c", &script]);
+    running.wait(Duration::from_secs(20));
+
+    let exec = exec_with_argv(&sensor, "the container's marked exec", &["/bin/true", &marker]);
+    assert_pod_workload(&exec, expected);
+    let process = &exec["process"];
+    assert_ne!(process["ns_pid"], process["pid"], "the container has its own pid namespace: {exec}");
+
+    let connect = connect_to(&sensor, "the container's connect", port);
+    assert_pod_workload(&connect, expected);
+}
+
+#[test]
+fn identity_containerd_systemd_pod() {
+    require_sensor!();
+    require_containers!();
+    let roots = Roots::new("id-containerd");
+    let id = random_container_id();
+    let pod_uid = random_pod_uid();
+    let cgroup = systemd_pod_cgroup("besteffort", &pod_uid, &format!("cri-containerd-{id}.scope"));
+    let layout = roots.containerd_layout(&id, cgroup);
+    let annotations = containerd_annotations("web-7d4b9c-x2k8p", "shop", &pod_uid, "agent", "registry.example/agent:1.2");
+    let expected = Expected {
+        runtime: "containerd",
+        id: &id,
+        pod_uid: &pod_uid,
+        pod: "web-7d4b9c-x2k8p",
+        namespace: "shop",
+        container: "agent",
+        image: "registry.example/agent:1.2",
+    };
+    check_pod_container(&roots, layout, annotations, &expected);
+}
+
+#[test]
+fn identity_containerd_cgroupfs_pod() {
+    require_sensor!();
+    require_containers!();
+    let roots = Roots::new("id-cgroupfs");
+    let id = random_container_id();
+    let pod_uid = random_pod_uid();
+    let layout = roots.containerd_layout(&id, format!("/kubepods/besteffort/pod{pod_uid}/{id}"));
+    let annotations = containerd_annotations("batch-28401-abcde", "jobs", &pod_uid, "worker", "registry.example/worker:3");
+    let expected = Expected {
+        runtime: "containerd",
+        id: &id,
+        pod_uid: &pod_uid,
+        pod: "batch-28401-abcde",
+        namespace: "jobs",
+        container: "worker",
+        image: "registry.example/worker:3",
+    };
+    check_pod_container(&roots, layout, annotations, &expected);
+}
+
+#[test]
+fn identity_crio_systemd_pod() {
+    require_sensor!();
+    require_containers!();
+    let roots = Roots::new("id-crio");
+    let id = random_container_id();
+    let pod_uid = random_pod_uid();
+    let cgroup = systemd_pod_cgroup("burstable", &pod_uid, &format!("crio-{id}.scope"));
+    let layout = roots.crio_layout(&id, cgroup);
+    let annotations = crio_annotations("db-0", "data", &pod_uid, "postgres", "docker.io/library/postgres:16");
+    let expected = Expected {
+        runtime: "cri-o",
+        id: &id,
+        pod_uid: &pod_uid,
+        pod: "db-0",
+        namespace: "data",
+        container: "postgres",
+        image: "docker.io/library/postgres:16",
+    };
+    check_pod_container(&roots, layout, annotations, &expected);
+}
+
+#[test]
+fn identity_short_lived_processes() {
+    require_sensor!();
+    require_containers!();
+    let roots = Roots::new("id-short");
+    let sensor = Sensor::start(&roots.sensor_config());
+    let id = random_container_id();
+    let pod_uid = random_pod_uid();
+    let cgroup = systemd_pod_cgroup("besteffort", &pod_uid, &format!("cri-containerd-{id}.scope"));
+    let layout = roots.containerd_layout(&id, cgroup);
+    let annotations = containerd_annotations("burst-0", "shop", &pod_uid, "burst", "registry.example/burst:1");
+    // Each `true` exits within a millisecond of its exec, long before the
+    // sensor reads the event, so only the kernel's cgroup id names it. The
+    // container itself lives on a little: a cgroup created and removed
+    // between two reads of the ring buffer cannot be named (see
+    // `identity_removed_container_is_explicit`).
+    let marker = unique_marker("short");
+    let mut script: String = (0..20).map(|n| format!("/bin/true {marker}-{n}; ")).collect();
+    script.push_str("sleep 0.5");
+    let mut running = Container::run(TempDir::new("runc"), &id, &layout, annotations, &["/bin/sh", "-c", &script]);
+    running.wait(Duration::from_secs(20));
+
+    for n in 0..20 {
+        let tag = format!("{marker}-{n}");
+        let exec = exec_with_argv(&sensor, "a short-lived exec", &["/bin/true", &tag]);
+        assert_eq!(exec["workload"]["container_id"], id, "{exec}");
+        assert_eq!(exec["workload"]["pod"], "burst-0", "{exec}");
+        assert_eq!(exec["workload"]["container"], "burst", "{exec}");
+    }
+    // The exit records arrive after the processes are gone.
+    let exits: Vec<Value> = sensor
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "process.exit" && r["workload"]["container_id"] == id.as_str())
+        .collect();
+    assert!(!exits.is_empty(), "exit records carry the container id too");
+}
+
+#[test]
+fn identity_host_unit_and_user() {
+    require_sensor!();
+    require_containers!();
+    let roots = Roots::new("id-host");
+    let sensor = Sensor::start(&roots.sensor_config());
+    let n = std::process::id();
+
+    // A transient service, as `systemd-run` creates it.
+    let service = CgroupDir::create(&format!("/system.slice/run-u{n}.service"));
+    let marker = unique_marker("unit");
+    let script = format!(": {marker}");
+    let status = service.spawn_as(TEST_UID, TEST_UID, "/bin/sh", &["-c", &script]).wait().expect("wait for sh");
+    assert!(status.success());
+    let exec = exec_with_argv(&sensor, "the service's exec", &["/bin/sh", "-c", &script]);
+    let workload = &exec["workload"];
+    assert_eq!(workload["kind"], "host", "{exec}");
+    assert_eq!(workload["unit"], format!("run-u{n}.service"), "{exec}");
+    assert_eq!(workload["slice"], "system.slice", "{exec}");
+    assert_eq!(workload["user"], TEST_USER, "{exec}");
+    assert_eq!(exec["process"]["uid"], TEST_UID, "{exec}");
+    assert_eq!(workload["identity_complete"], true, "{exec}");
+
+    // A login session scope.
+    let session = CgroupDir::create(&format!("/user.slice/user-{TEST_UID}.slice/session-{n}.scope"));
+    let marker = unique_marker("session");
+    let script = format!(": {marker}");
+    let status = session.spawn_as(TEST_UID, TEST_UID, "/bin/sh", &["-c", &script]).wait().expect("wait for sh");
+    assert!(status.success());
+    let exec = exec_with_argv(&sensor, "the session's exec", &["/bin/sh", "-c", &script]);
+    let workload = &exec["workload"];
+    assert_eq!(workload["unit"], format!("session-{n}.scope"), "{exec}");
+    assert_eq!(workload["session"], n.to_string(), "{exec}");
+    assert_eq!(workload["slice"], format!("user-{TEST_UID}.slice"), "{exec}");
+    assert_eq!(workload["user"], TEST_USER, "{exec}");
+}
+
+#[test]
+fn identity_unknown_container_explicit() {
+    require_sensor!();
+    require_containers!();
+    // A container whose runtime left no metadata where the sensor looks.
+    let roots = Roots::new("id-nometa");
+    let sensor = Sensor::start(&roots.sensor_config());
+    let id = random_container_id();
+    let elsewhere = TempDir::new("id-elsewhere");
+    let bundle = elsewhere.path().join(&id);
+    let layout = ContainerLayout {
+        rootfs: bundle.join("rootfs"),
+        bundle,
+        cgroups_path: format!("/system.slice/docker-{id}.scope"),
+    };
+    let marker = unique_marker("nometa");
+    let script = format!("/bin/true {marker}");
+    let mut running = Container::run(TempDir::new("runc"), &id, &layout, Value::Object(Default::default()), &["/bin/sh", "-c", &script]);
+    running.wait(Duration::from_secs(20));
+    let exec = exec_with_argv(&sensor, "the container's exec", &["/bin/true", &marker]);
+    let workload = &exec["workload"];
+    assert_eq!(workload["kind"], "container", "{exec}");
+    assert_eq!(workload["runtime"], "docker", "{exec}");
+    assert_eq!(workload["container_id"], id, "{exec}");
+    assert_eq!(workload["container"], Value::Null, "{exec}");
+    assert_eq!(workload["unknown"]["container"], "no_runtime_metadata", "{exec}");
+    assert_eq!(workload["identity_complete"], false, "{exec}");
+    drop(elsewhere);
+}
+
+#[test]
+fn identity_removed_container_is_explicit() {
+    require_sensor!();
+    require_containers!();
+    // A container whose only process exits at once: runc removes its cgroup
+    // within milliseconds, possibly before the sensor reads the exec. The
+    // record then names the container or says the cgroup was not found, and
+    // never claims a wrong workload.
+    let roots = Roots::new("id-removed");
+    let sensor = Sensor::start(&roots.sensor_config());
+    let id = random_container_id();
+    let pod_uid = random_pod_uid();
+    let cgroup = systemd_pod_cgroup("besteffort", &pod_uid, &format!("cri-containerd-{id}.scope"));
+    let layout = roots.containerd_layout(&id, cgroup);
+    let annotations = containerd_annotations("once-0", "jobs", &pod_uid, "once", "registry.example/once:1");
+    let marker = unique_marker("once");
+    let mut running = Container::run(TempDir::new("runc"), &id, &layout, annotations, &["/bin/true", &marker]);
+    running.wait(Duration::from_secs(20));
+
+    let exec = exec_with_argv(&sensor, "the container's only exec", &["/bin/true", &marker]);
+    let workload = &exec["workload"];
+    if workload["kind"] == "container" {
+        assert_eq!(workload["container_id"], id, "{exec}");
+        assert_eq!(workload["pod"], "once-0", "{exec}");
+    } else {
+        assert_eq!(workload["kind"], "unknown", "{exec}");
+        assert_eq!(workload["unknown"]["kind"], "cgroup_not_found", "{exec}");
+        assert_eq!(workload["identity_complete"], false, "{exec}");
+    }
+}
