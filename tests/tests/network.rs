@@ -280,3 +280,47 @@ fn udp_connect() {
     });
     assert_eq!(record["network"], expected, "{record}");
 }
+
+#[test]
+fn ipv6_short_sockaddr_connect() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let (_listener, port) = listener("[::1]:0");
+    // The kernel accepts a sockaddr_in6 without its scope id field: 24 bytes
+    // (SIN6_LEN_RFC2133) instead of 28.
+    let output = run_workload(&["connect", "tcp", "block", "::1", &port.to_string(), "24"]);
+    let pid = output_number(&output, "pid");
+    assert_eq!(output_number(&output, "errno"), 0, "the kernel accepted the 24-byte sockaddr");
+
+    let record = connect_record(&sensor, pid, port);
+    assert_eq!(record["network"]["destination"]["address"], "::1", "{record}");
+    assert_eq!(record["network"]["result"], "ok", "{record}");
+}
+
+#[test]
+fn interrupted_connect_outcome() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let output = run_workload(&["connect-later", "interrupt"]);
+    let pid = output_number(&output, "pid");
+    let port = output_number(&output, "port") as u16;
+    let fd = output_number(&output, "fd");
+    assert_eq!(output_number(&output, "errno"), 4, "SIGALRM interrupted the blocking connect");
+    assert_eq!(output_number(&output, "so_error"), 0, "the handshake went on and succeeded");
+
+    let record = sensor.expect("the interrupted connect", |r| {
+        r["kind"] == "net.connect" && r["process"]["pid"] == pid && r["network"]["fd"] == fd
+    });
+    let network = &record["network"];
+    assert_eq!(network["result"], "EINTR", "{record}");
+    assert_eq!(network["errno"], 4, "{record}");
+    assert_eq!(network["destination"]["port"], port, "{record}");
+    // After EINTR the kernel keeps the handshake going, as after
+    // EINPROGRESS, so the connection's real outcome is still to be reported.
+    let connect_id = network["connect_id"].clone();
+    assert!(connect_id.is_u64(), "an interrupted connect carries a connect_id for its outcome: {record}");
+    let result = sensor.expect("net.connect_result", |r| {
+        r["kind"] == "net.connect_result" && r["network"]["connect_id"] == connect_id
+    });
+    assert_eq!(result["network"]["outcome"], "established", "{result}");
+}

@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use integration_tests::{
     argv, output_number, output_value, pid_namespace, records_for, require_sensor, run_workload, sha256_file,
-    unique_marker, workload_binary, Sensor,
+    unique_marker, workload_binary, Sensor, TempDir,
 };
 use serde_json::Value;
 
@@ -100,6 +100,56 @@ fn exec_relative_path_has_exe() {
 }
 
 #[test]
+fn exec_script_exiting_at_once() {
+    require_sensor!();
+    let sensor = Sensor::start(SLOW_DRAIN);
+    let dir = TempDir::new("script");
+    let script = dir.path().join("quick.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the script");
+    let marker = unique_marker("script-fast");
+    let status = Command::new(&script).arg(&marker).status().expect("run the script");
+    assert!(status.success());
+
+    let script_path = script.to_string_lossy().into_owned();
+    // The kernel rewrites argv for a `#!` script: interpreter, script, arguments.
+    let record = exec_with_argv(&sensor, &["/bin/sh", &script_path, &marker]);
+    let process = &record["process"];
+    assert_eq!(process["exec_path"], script_path.as_str(), "{record}");
+    assert_eq!(process["exe"], canonical("/bin/sh").as_str(), "exe is the interpreter: {record}");
+    assert_eq!(process["exe_sha256"], sha256_file(Path::new("/bin/sh")).as_str(), "{record}");
+}
+
+#[test]
+fn exec_long_path_not_cut_silently() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    // Deeper than the 256 bytes the kernel program copies of the exec path.
+    let dir = TempDir::new("long-path");
+    let mut deep = dir.path().to_path_buf();
+    while deep.as_os_str().len() < 320 {
+        deep.push("a-directory-name-of-some-length");
+    }
+    std::fs::create_dir_all(&deep).expect("create the deep directory");
+    let program = deep.join("true");
+    std::fs::copy("/bin/true", &program).expect("copy true");
+    let marker = unique_marker("long-path");
+    let status = Command::new(&program).arg(&marker).status().expect("run the copy of true");
+    assert!(status.success());
+
+    let program_path = program.to_string_lossy().into_owned();
+    let record = exec_with_argv(&sensor, &[&program_path, &marker]);
+    let process = &record["process"];
+    let cut_marked = process.get("exec_path_truncated") == Some(&Value::Bool(true))
+        || process["unknown"]["exec_path"].is_string();
+    assert!(
+        process["exec_path"] == program_path.as_str() || cut_marked,
+        "exec_path is whole or marked cut; the path is {} bytes: {record}",
+        program_path.len()
+    );
+}
+
+#[test]
 fn exec_from_non_leader_thread() {
     require_sensor!();
     let sensor = Sensor::start("");
@@ -124,6 +174,15 @@ fn exec_from_non_leader_thread() {
     assert_eq!(process["start_time"], before["process"]["start_time"], "exec keeps the process's start time: {record}");
     assert_ne!(process["exec_id"], before["process"]["exec_id"], "a new image gets a new exec id: {record}");
     assert_eq!(process["parent_exec_id"], before["process"]["parent_exec_id"], "{record}");
+
+    // The exec ends the other threads, the old leader among them, but the
+    // process lives on, so its only exit is the new program's.
+    let exit = sensor.expect("exit of /bin/true", |r| r["kind"] == "process.exit" && r["process"]["pid"] == pid);
+    assert_eq!(exit["exit"]["code"], 0, "{exit}");
+    assert_eq!(exit["process"]["exec_id"], process["exec_id"], "{exit}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let exits = records_for(&sensor.records(), "process.exit", pid as u32);
+    assert_eq!(exits.len(), 1, "one exit record for the process: {exits:?}");
 }
 
 #[test]

@@ -24,8 +24,11 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
   memfd-exec PATH ARGV...         copy PATH into a memfd and exec it with ARGV
   thread-connect ADDR PORT        connect to ADDR:PORT from a worker thread
   fork-connect ADDR PORT          fork a child that connects to ADDR:PORT without exec
-  connect PROTO MODE ADDR PORT    connect a tcp or udp socket, MODE block or nonblock
-  connect-later                   non-blocking connect whose handshake ends after the syscall
+  connect PROTO MODE ADDR PORT [ADDRLEN]
+                                  connect a tcp or udp socket, MODE block or nonblock,
+                                  passing ADDRLEN as the sockaddr length when given
+  connect-later [interrupt]       non-blocking connect whose handshake ends after the syscall;
+                                  with `interrupt`, a blocking one that SIGALRM interrupts
   pidns MARKER                    run `/bin/true MARKER-init` as pid 1 of a new pid namespace,
                                   after its child ran `/bin/true MARKER-inner`
   pid-reuse MARKER MODE PORT      give a new process the pid of an exited one with clone3,
@@ -49,7 +52,7 @@ fn main() {
         "thread-connect" => thread_connect(rest),
         "fork-connect" => fork_connect(rest),
         "connect" => connect(rest),
-        "connect-later" => connect_later(),
+        "connect-later" => connect_later(rest),
         "pidns" => pidns(rest),
         "pid-reuse" => pid_reuse(rest),
         "wait-fork-exec" => wait_fork_exec(rest),
@@ -344,7 +347,13 @@ fn open_socket(address: SocketAddr, socket_type: c_int) -> c_int {
 
 /// Calls connect and returns 0 or the errno.
 fn raw_connect(fd: c_int, address: SocketAddr) -> c_int {
-    let (storage, len) = raw_sockaddr(address);
+    let (_, len) = raw_sockaddr(address);
+    raw_connect_with_length(fd, address, len)
+}
+
+/// Calls connect with `len` as the sockaddr length and returns 0 or the errno.
+fn raw_connect_with_length(fd: c_int, address: SocketAddr, len: libc::socklen_t) -> c_int {
+    let (storage, _) = raw_sockaddr(address);
     // SAFETY: storage holds a sockaddr of `len` bytes.
     let ret = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
     if ret == 0 { 0 } else { errno() }
@@ -407,18 +416,43 @@ fn connect(args: &[String]) {
         other => fail(&format!("MODE must be block or nonblock, got {other:?}")),
     };
     let address = socket_address(arg(args, 2, "ADDR"), arg(args, 3, "PORT"));
+    let (_, default_len) = raw_sockaddr(address);
+    let len = if args.len() > 4 { number(args, 4, "ADDRLEN") } else { default_len };
     say("pid", getpid());
     let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     let fd = open_socket(address, socket_type | flags);
     say("fd", fd);
-    let result = raw_connect(fd, address);
+    let result = raw_connect_with_length(fd, address, len);
     say("errno", result);
     if nonblocking && result == libc::EINPROGRESS {
         say("so_error", await_connect(fd, Duration::from_secs(10)));
     }
 }
 
-fn connect_later() {
+extern "C" fn ignore_signal(_: c_int) {}
+
+/// Makes SIGALRM interrupt a blocking syscall after `delay`: the handler is
+/// installed without SA_RESTART, so the syscall fails with EINTR.
+fn interrupt_after(delay: Duration) {
+    // SAFETY: an all-zero sigaction is valid; the fields set below complete it.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
+    // SAFETY: action is a valid sigaction and the old one is not requested.
+    check(unsafe { libc::sigaction(libc::SIGALRM, &action, ptr::null_mut()) }, "sigaction");
+    let timer = libc::itimerval {
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        it_value: libc::timeval { tv_sec: delay.as_secs() as libc::time_t, tv_usec: delay.subsec_micros() as libc::suseconds_t },
+    };
+    // SAFETY: timer is valid and the old value is not requested.
+    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, ptr::null_mut()) }, "setitimer");
+}
+
+fn connect_later(args: &[String]) {
+    let interrupt = match args.first().map(String::as_str) {
+        None => false,
+        Some("interrupt") => true,
+        Some(other) => fail(&format!("connect-later takes no argument or `interrupt`, got {other:?}")),
+    };
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|_| fail("bad loopback address"));
     let listener = open_socket(loopback, libc::SOCK_STREAM);
     let (storage, len) = raw_sockaddr(loopback);
@@ -442,8 +476,12 @@ fn connect_later() {
     }
     say("pid", getpid());
     say("port", address.port());
-    let second = open_socket(address, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+    let flags = if interrupt { 0 } else { libc::SOCK_NONBLOCK };
+    let second = open_socket(address, libc::SOCK_STREAM | flags);
     say("fd", second);
+    if interrupt {
+        interrupt_after(Duration::from_millis(100));
+    }
     let result = raw_connect(second, address);
     say("errno", result);
     std::thread::sleep(Duration::from_millis(100));
