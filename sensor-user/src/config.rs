@@ -16,9 +16,13 @@ pub const ARGV_MAX_BYTES_LIMIT: u32 = sensor_common::ARGV_CAPACITY as u32 - 1;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub probes: ProbesConfig,
+    pub catalog: crate::net::catalog::CatalogConfig,
+    pub agents: crate::agents::AgentsConfig,
+    pub llm: LlmSettings,
     pub process: ProcessConfig,
     pub identity: IdentityConfig,
     pub output: OutputConfig,
+    pub evidence: EvidenceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -70,6 +74,30 @@ impl Default for ProbesConfig {
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
             bpffs_path: PathBuf::from("/sys/fs/bpf"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    /// Key for credential fingerprints (HMAC-SHA256), created with 32
+    /// random bytes on first start.
+    pub fingerprint_key_path: PathBuf,
+    /// Bytes of plaintext buffered per TLS stream and direction while a
+    /// request or response is parsed; beyond it the message is marked
+    /// truncated.
+    pub max_buffer_bytes: usize,
+    /// TLS streams followed at once; the least recently used go first.
+    pub max_streams: usize,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            fingerprint_key_path: PathBuf::from("/var/lib/agent-sensor/fingerprint.key"),
+            max_buffer_bytes: 1 << 20,
+            max_streams: 4096,
         }
     }
 }
@@ -210,6 +238,61 @@ impl OutputConfig {
     }
 }
 
+/// The tamper-evident evidence file: checkpoints, rotation and syncing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// Write a checkpoint after this many records.
+    pub checkpoint_every_records: u64,
+    /// Write a checkpoint when records written this many seconds ago are
+    /// not yet covered by one.
+    pub checkpoint_interval_secs: u64,
+    /// ed25519 private key that signs checkpoints: PKCS#8 PEM or a file of
+    /// 32 raw bytes. Empty: checkpoints are written unsigned.
+    pub signing_key_path: PathBuf,
+    /// Rotate the evidence file after the record that makes it this many
+    /// bytes long; 0 disables rotation by size.
+    pub rotate_size_bytes: u64,
+    /// Rotate the evidence file once it is this many seconds old; 0
+    /// disables rotation by age.
+    pub rotate_age_secs: u64,
+    /// When the evidence file is forced to disk: `never` (only at
+    /// shutdown), `checkpoint` (at each checkpoint and rotation) or
+    /// `batch` (after every batch of records is written).
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every_records: 10_000,
+            checkpoint_interval_secs: 10,
+            signing_key_path: PathBuf::new(),
+            rotate_size_bytes: 64 << 20,
+            rotate_age_secs: 86_400,
+            fsync: FsyncPolicy::Checkpoint,
+        }
+    }
+}
+
+impl EvidenceConfig {
+    /// Returns the signing key file, `None` when checkpoints are unsigned.
+    pub fn signing_key(&self) -> Option<&Path> {
+        (!self.signing_key_path.as_os_str().is_empty()).then_some(self.signing_key_path.as_path())
+    }
+}
+
+/// Smallest `evidence.rotate_size_bytes`: a few large records.
+pub const ROTATE_SIZE_MIN: u64 = 64 << 10;
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Never,
+    Checkpoint,
+    Batch,
+}
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigProblem {
@@ -333,6 +416,25 @@ impl Config {
             "no output: set evidence_path or enable stdout".to_owned(),
         );
         check(
+            "evidence",
+            "checkpoint_every_records",
+            self.evidence.checkpoint_every_records > 0,
+            "must be greater than 0".to_owned(),
+        );
+        check(
+            "evidence",
+            "checkpoint_interval_secs",
+            (1..=86_400).contains(&self.evidence.checkpoint_interval_secs),
+            format!("{} is outside 1..=86400", self.evidence.checkpoint_interval_secs),
+        );
+        let rotate = self.evidence.rotate_size_bytes;
+        check(
+            "evidence",
+            "rotate_size_bytes",
+            rotate == 0 || rotate >= ROTATE_SIZE_MIN,
+            format!("{rotate} is below the minimum of {ROTATE_SIZE_MIN}; use 0 to disable rotation by size"),
+        );
+        check(
             "identity",
             "max_cgroups",
             self.identity.max_cgroups >= 64,
@@ -432,6 +534,20 @@ mod tests {
         assert_eq!(problems[0].line, Some(2));
         assert_eq!(problems[1].key, "probes.argv_max_bytes");
         assert_eq!(problems[1].line, Some(3));
+    }
+
+    #[test]
+    fn evidence_problems_name_key_and_line() {
+        let text = "[evidence]\ncheckpoint_every_records = 0\nrotate_size_bytes = 100\nfsync = \"batch\"\n";
+        let problems = Config::parse(text).unwrap_err();
+        assert_eq!(problems.len(), 2);
+        assert_eq!(problems[0].key, "evidence.checkpoint_every_records");
+        assert_eq!(problems[0].line, Some(2));
+        assert_eq!(problems[1].key, "evidence.rotate_size_bytes");
+        assert_eq!(problems[1].line, Some(3));
+        let problems = Config::parse("[evidence]\nfsync = \"always\"\n").unwrap_err();
+        assert_eq!(problems[0].line, Some(2));
+        assert!(problems[0].message.contains("never"), "{}", problems[0].message);
     }
 
     #[test]

@@ -5,8 +5,10 @@ mod agents;
 mod config;
 mod daemon;
 mod evidence;
+mod llm;
 mod identity;
 mod net;
+mod pipeline;
 mod probes;
 mod process;
 mod sinks;
@@ -36,10 +38,44 @@ enum Command {
         #[arg(long)]
         no_stdout: bool,
     },
+    /// List the agents a running daemon has seen, with their sessions.
+    Agents {
+        /// The daemon's control socket.
+        #[arg(long, default_value = "/run/agent-sensor/control.sock")]
+        socket: PathBuf,
+        /// Print the daemon's JSON snapshot instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and print every problem found.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+    },
+    /// Verify the hash chain and signed checkpoints of evidence files.
+    ///
+    /// Exit codes: 0 clean, 1 tampered, 2 invalid arguments, 3 bad
+    /// signature, 4 warnings only (unsigned, uncovered or open tail), 5
+    /// unreadable input.
+    Verify {
+        /// Public key (PEM or 32 raw bytes) to check checkpoint signatures with.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Evidence files of one chain, in any order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Generate an ed25519 key pair for signing evidence checkpoints.
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600).
+        #[arg(long)]
+        private: PathBuf,
+        /// Where to write the public key (PEM), for `verify --public-key`.
+        #[arg(long)]
+        public: PathBuf,
     },
 }
 
@@ -50,6 +86,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run { config: None, evidence: None, no_stdout: false });
     match command {
+        Command::Agents { socket, json } => match agents::control::fetch(&socket) {
+            Ok(snapshot) if json => {
+                println!("{snapshot}");
+                ExitCode::SUCCESS
+            }
+            Ok(snapshot) => {
+                print!("{}", agents::control::format_table(&snapshot));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match config::Config::load(&file) {
             Ok(_) => {
                 println!("{}: valid", file.display());
@@ -58,6 +108,19 @@ fn main() -> ExitCode {
             Err(error) => {
                 eprintln!("error: {error}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Verify { public_key, json, files } => {
+            ExitCode::from(evidence::verify::run(&files, public_key.as_deref(), json))
+        }
+        Command::Keygen { private, public } => match evidence::checkpoint::keygen(&private, &public) {
+            Ok(key_sha256) => {
+                println!("wrote {} (private, 0600) and {}; public key sha256 {key_sha256}", private.display(), public.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
             }
         },
         Command::Run { config, evidence, no_stdout } => {

@@ -5,7 +5,7 @@
 //! name, DNS name, address, or the API shape of an HTTP request) or runs a
 //! known agent program. Its descendants, from then on, belong to it: their
 //! execs are tool spawns of the agent's current session, and the kernel is
-//! told to record their file operations. A session ends after
+//! asked to record their file operations. A session ends after
 //! `agents.session_idle_secs` without activity; the next activity starts a
 //! new one. An agent that matches no registered-agent selector yields one
 //! `finding.shadow_agent` per session.
@@ -107,6 +107,9 @@ pub struct Session {
     pub tool_spawns: u64,
     pub connections: u64,
     pub llm_requests: u64,
+    /// The session ended for idleness; the next activity starts a new one.
+    #[serde(skip)]
+    pub closed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +201,7 @@ impl Agents {
             tool_spawns: 0,
             connections: 0,
             llm_requests: 0,
+            closed: false,
         }
     }
 
@@ -259,15 +263,16 @@ impl Agents {
     /// session first when the current one has been idle too long.
     pub fn activity(&mut self, root: ProcKey, time_ns: u64, count: impl FnOnce(&mut Session)) -> Changes {
         let idle_ns = self.config.session_idle_secs.saturating_mul(1_000_000_000);
-        let expired = self
-            .by_root
-            .get(&root)
-            .is_some_and(|agent| time_ns.saturating_sub(agent.session.last_activity_ns) > idle_ns);
+        let (expired, closed) = self.by_root.get(&root).map_or((false, false), |agent| {
+            (time_ns.saturating_sub(agent.session.last_activity_ns) > idle_ns, agent.session.closed)
+        });
         let mut changes = Changes::default();
-        if expired {
+        if expired || closed {
             let session = self.new_session(time_ns);
             if let Some(agent) = self.by_root.get_mut(&root) {
-                changes.session_ended = Some(std::mem::replace(&mut agent.session, session));
+                let ended = std::mem::replace(&mut agent.session, session);
+                // A closed session was reported when it was closed.
+                changes.session_ended = (!closed).then_some(ended);
                 if !agent.registered && agent.shadow_reported_for != Some(agent.session.number) {
                     agent.shadow_reported_for = Some(agent.session.number);
                     changes.shadow_finding = true;
@@ -279,6 +284,21 @@ impl Agents {
             count(&mut agent.session);
         }
         changes
+    }
+
+    /// Closes sessions idle longer than `agents.session_idle_secs` and
+    /// returns them, so their end is recorded without waiting for new
+    /// activity.
+    pub fn end_idle_sessions(&mut self, now_ns: u64) -> Vec<(ProcKey, Session)> {
+        let idle_ns = self.config.session_idle_secs.saturating_mul(1_000_000_000);
+        let mut ended = Vec::new();
+        for agent in self.by_root.values_mut() {
+            if !agent.session.closed && now_ns.saturating_sub(agent.session.last_activity_ns) > idle_ns {
+                agent.session.closed = true;
+                ended.push((agent.key, agent.session.clone()));
+            }
+        }
+        ended
     }
 
     /// Makes a new child a member of its parent's agent tree.

@@ -73,10 +73,13 @@ pub struct StartReport {
 
 /// Loaded and attached kernel programs. Dropping this detaches them.
 pub struct Probes {
-    // Keeps the programs and their links alive.
-    _ebpf: Ebpf,
+    /// The loaded object: keeps programs and links alive, and lets the TLS
+    /// stage attach uprobes later.
+    pub ebpf: Ebpf,
     /// Taken by the daemon loop, which owns the reading side.
     pub events: Option<RingBuf<MapData>>,
+    /// The map of agent-tree processes; taken by the pipeline.
+    pub tracked: Option<aya::maps::HashMap<MapData, u32, sensor_common::TrackedProcess>>,
     losses: PerCpuArray<MapData, u64>,
     pub report: StartReport,
 }
@@ -263,7 +266,18 @@ impl Probes {
             .and_then(|map| {
                 PerCpuArray::try_from(map).map_err(|e| ProbeError::Map { name: "LOSSES", source: Some(e) })
             })?;
-        Ok(Probes { _ebpf: ebpf, events: Some(events), losses, report })
+        let tracked = match ebpf.take_map("TRACKED").map(aya::maps::HashMap::try_from) {
+            Some(Ok(map)) => Some(map),
+            other => {
+                let reason = match other {
+                    Some(Err(error)) => error_chain(&error),
+                    _ => "map missing from the eBPF object".to_owned(),
+                };
+                report.degraded.push(Degraded { hook: "agents.kernel_tracking".to_owned(), reason });
+                None
+            }
+        };
+        Ok(Probes { ebpf, events: Some(events), tracked, losses, report })
     }
 
     /// Reads the kernel's cumulative reservation failures per event kind.

@@ -350,10 +350,17 @@ impl ProcessTable {
     /// Drops exited processes past their retention, then the oldest exited
     /// ones while the table is over its bound. Live processes are never
     /// dropped, so the bound can be exceeded by a host with more of them.
-    pub fn collect_garbage(&mut self, now_ns: u64) -> usize {
+    pub fn collect_garbage(&mut self, now_ns: u64) -> Vec<ProcKey> {
         let retention_ns = self.config.exited_retention_secs.saturating_mul(1_000_000_000);
-        let before = self.by_key.len();
-        self.by_key.retain(|_, p| p.exited_ns.is_none_or(|t| now_ns.saturating_sub(t) < retention_ns));
+        let mut removed: Vec<ProcKey> = self
+            .by_key
+            .values()
+            .filter(|p| p.exited_ns.is_some_and(|t| now_ns.saturating_sub(t) >= retention_ns))
+            .map(|p| p.key)
+            .collect();
+        for key in &removed {
+            self.by_key.remove(key);
+        }
         if self.by_key.len() > self.config.max_processes {
             let mut exited: Vec<(u64, ProcKey)> =
                 self.by_key.values().filter_map(|p| p.exited_ns.map(|t| (t, p.key))).collect();
@@ -361,11 +368,17 @@ impl ProcessTable {
             let excess = self.by_key.len() - self.config.max_processes;
             for (_, key) in exited.into_iter().take(excess) {
                 self.by_key.remove(&key);
+                removed.push(key);
             }
         }
         let by_key = &self.by_key;
         self.latest.retain(|_, key| by_key.contains_key(key));
-        before - self.by_key.len()
+        removed
+    }
+
+    /// Returns the newest process with `pid`, if the table has one.
+    pub fn latest(&self, pid: u32) -> Option<ProcKey> {
+        self.latest.get(&pid).copied()
     }
 }
 
@@ -429,8 +442,8 @@ mod tests {
         let mut table = table();
         table.seed(vec![entry(70, 1, 10, &["a"]), entry(71, 1, 10, &["b"])]);
         table.on_exit(ProcKey { pid: 70, start_ticks: 10 }, 1_000);
-        assert_eq!(table.collect_garbage(1_000 + 59_000_000_000), 0);
-        assert_eq!(table.collect_garbage(1_000 + 61_000_000_000), 1);
+        assert_eq!(table.collect_garbage(1_000 + 59_000_000_000), vec![]);
+        assert_eq!(table.collect_garbage(1_000 + 61_000_000_000), vec![ProcKey { pid: 70, start_ticks: 10 }]);
         assert!(table.get(&ProcKey { pid: 71, start_ticks: 10 }).is_some());
     }
 }

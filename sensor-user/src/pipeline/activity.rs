@@ -1,0 +1,252 @@
+//! Agent activity: detection, tool spawns, file operations and LLM calls.
+
+use sensor_common::{TrackedProcess, FILE_FLAG_PATH_TRUNCATED, FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_UNLINK, TLS_READ};
+use serde_json::json;
+
+use super::Pipeline;
+use crate::{
+    agents::{Changes, Detection, Session},
+    llm::{Direction, LlmEvent, StreamKey},
+    probes::{
+        decode::{File, Tls},
+        Probes,
+    },
+    process::ProcKey,
+};
+
+const AT_FDCWD: i32 = -100;
+
+impl Pipeline {
+    /// Feeds a detection signal to the agents stage and records what changed.
+    pub(super) fn detect_agent(&mut self, key: ProcKey, detection: Detection, time_ns: u64) -> anyhow::Result<()> {
+        self.table.lookup(key);
+        let Some(process) = self.table.get(&key) else { return Ok(()) };
+        let evidence = json!(detection);
+        let (root, changes) = self.agents.detect(process, detection, time_ns);
+        self.record_changes(root, changes, time_ns, Some(evidence))
+    }
+
+    fn record_changes(&mut self, root: ProcKey, changes: Changes, time_ns: u64, evidence: Option<serde_json::Value>) -> anyhow::Result<()> {
+        if let Some(session) = changes.session_ended {
+            self.emit_session_end(root, session, time_ns)?;
+        }
+        if changes.detected {
+            self.track_in_kernel(root);
+            self.emit(root, "agent.detected", time_ns, None, |record| {
+                if let Some(evidence) = &evidence {
+                    record.sections.insert("detection".into(), evidence.clone());
+                }
+            })?;
+        }
+        if changes.shadow_finding {
+            let identity = self.table.get(&root).map(|p| {
+                json!({
+                    "exe": p.exe.path,
+                    "exe_sha256": p.exe.sha256,
+                    "uid": p.uid,
+                    "cgroup": p.cgroup_path,
+                })
+            });
+            let lineage = self.table.ancestry(root);
+            let detected_by = self.agents.agent_of(&root).map(|a| json!(a.detected_by)).unwrap_or_default();
+            let endpoints = self.agents.agent_of(&root).map(|a| json!(a.endpoints)).unwrap_or_default();
+            self.emit(root, "finding.shadow_agent", time_ns, None, |record| {
+                record.sections.insert(
+                    "finding".into(),
+                    json!({
+                        "severity": "high",
+                        "title": "unregistered AI agent",
+                        "description": "A process talks to an LLM endpoint but matches no entry of the registered-agent inventory (agents.registered).",
+                        "evidence": {
+                            "detected_by": detected_by,
+                            "endpoints": endpoints,
+                            "identity": identity,
+                            "lineage": lineage,
+                        },
+                    }),
+                );
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel to follow the agent's tree (file operations of its
+    /// descendants). Failure loses only that enrichment, so it is logged.
+    fn track_in_kernel(&mut self, root: ProcKey) {
+        let Some(session) = self.agents.agent_of(&root).map(|a| a.session.number) else { return };
+        if let Some(tracked) = &mut self.tracked {
+            let value = TrackedProcess { session_id: session, root_pid: root.pid, _pad: 0 };
+            if let Err(error) = tracked.insert(root.pid, value, 0) {
+                log::warn!("cannot add pid {} to the kernel's agent map: {error}", root.pid);
+            }
+        }
+    }
+
+    pub(super) fn emit_session_end(&mut self, root: ProcKey, session: Session, time_ns: u64) -> anyhow::Result<()> {
+        self.emit(root, "agent.session_end", time_ns, None, |record| {
+            record.sections.insert("session".into(), json!(session));
+        })
+    }
+
+    /// Agent work after an exec: known agent programs, tool spawns, and
+    /// executables that carry their own TLS stack.
+    pub(super) fn after_exec(&mut self, key: ProcKey, time_ns: u64, probes: &mut Probes) -> anyhow::Result<()> {
+        if let Some(root) = self.agents.tool_spawn_root(&key) {
+            let changes = self.agents.activity(root, time_ns, |session| session.tool_spawns += 1);
+            self.record_changes(root, changes, time_ns, None)?;
+            self.emit(key, "tool.spawn", time_ns, None, |_| {})?;
+        } else if let Some(program) = self.table.get(&key).and_then(|p| self.agents.known_program(p)) {
+            self.detect_agent(key, Detection { signal: "known_program", value: program, provider: None }, time_ns)?;
+        }
+        // An executable that links a TLS stack statically (Node.js) is
+        // checked at exec, before it can make its first request.
+        let statically_linked = self
+            .table
+            .get(&key)
+            .and_then(|p| p.exe.path.as_deref())
+            .is_some_and(|path| path.rsplit('/').next().is_some_and(|n| n == "node" || n.starts_with("node-")));
+        if statically_linked {
+            self.tls_scanned.insert(key, ());
+            self.scan_tls_libraries(key, probes)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_file(&mut self, key: ProcKey, file: &File<'_>) -> anyhow::Result<()> {
+        let kind = match file.op {
+            FILE_OP_OPEN => "file.open",
+            FILE_OP_UNLINK => "file.unlink",
+            FILE_OP_RENAME => "file.rename",
+            other => {
+                log::debug!("file record with unknown operation {other}");
+                return Ok(());
+            }
+        };
+        if let Some(root) = self.agents.agent_of(&key).map(|a| a.key) {
+            self.agents.activity(root, file.header.time_ns, |_| {});
+        }
+        let path = self.resolve_path(file.header.pid, file.dirfd, file.path);
+        let path2 = (!file.path2.is_empty()).then(|| self.resolve_path(file.header.pid, file.dirfd, file.path2));
+        let mut view = json!({
+            "path": path.0,
+            "result": if file.result >= 0 { "ok" } else { crate::net::errno_name(-file.result) },
+        });
+        if !path.1 {
+            view["path_relative_to"] = json!(if file.dirfd == AT_FDCWD { "cwd (unreadable)" } else { "a directory fd" });
+        }
+        if let Some((new_path, _)) = path2 {
+            view["new_path"] = json!(new_path);
+        }
+        if file.op == FILE_OP_OPEN {
+            view["access"] = json!(open_access(file.flags));
+            view["flags"] = json!(open_flag_names(file.flags));
+        }
+        if file.header.flags & FILE_FLAG_PATH_TRUNCATED != 0 {
+            view["path_truncated"] = json!(true);
+        }
+        if file.result < 0 {
+            view["errno"] = json!(-file.result);
+        }
+        self.emit(key, kind, file.header.time_ns, Some(file.header.tid), |record| {
+            record.sections.insert("file".into(), view);
+        })
+    }
+
+    /// Makes a path absolute where it can: relative paths against the
+    /// process's current directory, read now.
+    ///
+    /// NOTE: the directory is read when the record is built, so a process
+    /// that changed directory in between is resolved against the new one.
+    fn resolve_path(&self, pid: u32, dirfd: i32, raw: &[u8]) -> (String, bool) {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        if text.starts_with('/') {
+            return (text, true);
+        }
+        let base = if dirfd == AT_FDCWD {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+        } else {
+            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
+        };
+        match base {
+            Ok(base) => (base.join(&text).display().to_string(), true),
+            Err(_) => (text, false),
+        }
+    }
+
+    pub(super) fn on_tls(&mut self, key: ProcKey, tls: &Tls<'_>) -> anyhow::Result<()> {
+        let direction = if tls.direction == TLS_READ { Direction::Read } else { Direction::Write };
+        let missing = (tls.total as usize).saturating_sub(tls.data.len());
+        let stream = StreamKey { pid: tls.header.pid, stream: tls.stream };
+        let events = self.llm.feed(stream, direction, tls.data, missing, tls.header.time_ns);
+        let connection = self
+            .connection_fds
+            .get(&(tls.header.pid, tls.fd))
+            .map(|connect_id| (tls.header.pid, *connect_id));
+        self.on_llm_events(key, events, connection)
+    }
+
+    /// Records LLM calls, and makes their process an agent by API shape.
+    pub(super) fn on_llm_events(&mut self, key: ProcKey, events: Vec<LlmEvent>, connection: Option<(u32, u64)>) -> anyhow::Result<()> {
+        for event in events {
+            let connection = connection.and_then(|c| self.connections.get(&c)).cloned();
+            let (kind, time_ns, section, api, provider) = match &event {
+                LlmEvent::Request(request) => ("llm.request", request.time_ns, json!(request), request.api, request.provider),
+                LlmEvent::Response(response) => ("llm.response", response.time_ns, json!(response), response.api, None),
+            };
+            let provider = provider
+                .map(str::to_owned)
+                .or_else(|| connection.as_ref().and_then(|c| c.provider.clone()));
+            if kind == "llm.request" && api != "unknown" {
+                let value = match &event {
+                    LlmEvent::Request(request) => format!("{} {}", request.method, request.path),
+                    LlmEvent::Response(_) => String::new(),
+                };
+                self.detect_agent(key, Detection { signal: "api_shape", value, provider: provider.clone() }, time_ns)?;
+                if let Some(root) = self.agents.agent_of(&key).map(|a| a.key) {
+                    let changes = self.agents.activity(root, time_ns, |session| session.llm_requests += 1);
+                    self.record_changes(root, changes, time_ns, None)?;
+                }
+            }
+            self.emit(key, kind, time_ns, None, |record| {
+                record.sections.insert("llm".into(), section);
+                if let Some(provider) = &provider {
+                    record.sections.insert("provider".into(), json!({ "provider": provider }));
+                }
+                if let Some(connection) = &connection {
+                    let mut network = json!({ "destination": connection.destination, "protocol": connection.protocol });
+                    if let Some(sni) = &connection.sni {
+                        network["sni"] = json!(sni);
+                    }
+                    if let Some(name) = &connection.dns_name {
+                        network["dns_name"] = json!(name);
+                    }
+                    record.sections.insert("connection".into(), network);
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn open_access(flags: u32) -> &'static str {
+    match flags & 3 {
+        0 => "read",
+        1 => "write",
+        2 => "read_write",
+        _ => "unknown",
+    }
+}
+
+/// Names the open flags that matter to evidence: creation, truncation,
+/// appending, and opening a directory or a path only.
+fn open_flag_names(flags: u32) -> Vec<&'static str> {
+    let table: [(u32, &str); 6] = [
+        (libc::O_CREAT as u32, "create"),
+        (libc::O_TRUNC as u32, "truncate"),
+        (libc::O_APPEND as u32, "append"),
+        (libc::O_EXCL as u32, "exclusive"),
+        (libc::O_DIRECTORY as u32, "directory"),
+        (libc::O_PATH as u32, "path"),
+    ];
+    table.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
+}

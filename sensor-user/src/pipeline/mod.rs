@@ -1,0 +1,221 @@
+//! Per-event work of the daemon: each decoded kernel event passes through
+//! the process table, the network and LLM stages and the agents stage, and
+//! leaves as one or more records.
+//!
+//! Handlers live by concern: `network.rs` (connects, first bytes, DNS),
+//! `activity.rs` (agents, tool spawns, files, LLM calls). This file contains
+//! the state, the dispatch and the record emitters.
+
+mod activity;
+mod network;
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use sensor_common::{TrackedProcess, EVENT_KIND_COUNT, EXIT_FLAG_LEADER_ONLY};
+use serde_json::json;
+
+use crate::{
+    agents::{AgentView, Agents},
+    evidence::{Clock, ExitView, ProcessView, Record, Stamper},
+    llm::LlmStreams,
+    net::{catalog::Catalog, dns::DnsCache, PendingConnect, PendingConnects},
+    probes::{
+        self,
+        decode::{decode, KernelEvent},
+        uprobes::UprobeManager,
+        Probes,
+    },
+    process::{ProcKey, ProcessTable},
+    sinks::Sinks,
+};
+
+pub use network::Connection;
+
+/// A pending connect with no handshake outcome after this long is reported
+/// with an unknown outcome; TCP gives up on a SYN well before (about 127 s
+/// with the default `tcp_syn_retries` of 6, counted from the first SYN).
+const PENDING_CONNECT_TIMEOUT_NS: u64 = 180 * 1_000_000_000;
+
+pub struct Pipeline {
+    pub table: ProcessTable,
+    pub pending: PendingConnects,
+    pub stamper: Stamper,
+    pub sinks: Sinks,
+    /// Workload identity (stage 3); `None` when `identity.enabled` is off.
+    pub identity: Option<crate::identity::Identity>,
+    pub agents: Agents,
+    pub catalog: Catalog,
+    pub dns: DnsCache,
+    pub llm: LlmStreams,
+    pub uprobes: UprobeManager,
+    /// The kernel's map of agent-tree processes, when it could be opened.
+    pub tracked: Option<BpfHashMap<MapData, u32, TrackedProcess>>,
+    /// Connections by process and connect id, for the records that follow
+    /// a connect (ClientHello, plaintext).
+    pub connections: HashMap<(u32, u64), Connection>,
+    /// Latest connect id per process and socket fd.
+    pub connection_fds: HashMap<(u32, i32), u64>,
+    /// Processes whose memory map was checked for TLS libraries since their
+    /// last exec.
+    pub tls_scanned: HashMap<ProcKey, ()>,
+    pub received: [u64; EVENT_KIND_COUNT as usize],
+    pub decode_errors: u64,
+    pub reported_losses: [u64; EVENT_KIND_COUNT as usize],
+}
+
+impl Pipeline {
+    /// Handles up to `limit` records; returns how many were read.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, probes: &mut Probes, limit: usize) -> anyhow::Result<usize> {
+        let mut count = 0;
+        while count < limit {
+            let Some(item) = ring.next() else { break };
+            count += 1;
+            match decode(&item) {
+                Ok(event) => self.handle(event, probes)?,
+                Err(error) => {
+                    self.decode_errors += 1;
+                    log::debug!("undecodable ring buffer record: {error}");
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    fn handle(&mut self, event: KernelEvent<'_>, probes: &mut Probes) -> anyhow::Result<()> {
+        let header = *event.header();
+        if let Some(slot) = self.received.get_mut(header.kind as usize) {
+            *slot += 1;
+        }
+        let key = self.table.key(header.pid, header.start_time_ns);
+        match event {
+            KernelEvent::Exec(exec) => {
+                let key = self.table.on_exec(&exec);
+                self.tls_scanned.remove(&key);
+                self.emit(key, "process.exec", header.time_ns, None, |_| {})?;
+                self.after_exec(key, header.time_ns, probes)?;
+            }
+            KernelEvent::Fork(fork) => {
+                let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);
+                self.table.on_fork(key, parent, header.start_time_ns, fork.cgroup_id);
+                self.agents.on_fork(key, parent);
+                self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
+            }
+            KernelEvent::Exit(exit) => {
+                self.table.on_exit(key, header.time_ns);
+                let mut view = ExitView::from_status(exit.exit_code);
+                if header.flags & EXIT_FLAG_LEADER_ONLY != 0 {
+                    view.core_dumped = false;
+                }
+                self.emit(key, "process.exit", header.time_ns, Some(header.tid), |record| record.exit = Some(view))?;
+                self.llm.forget_process(header.pid);
+                self.uprobes.forget(header.pid);
+            }
+            KernelEvent::Connect(connect) => self.on_connect(key, &connect, probes)?,
+            KernelEvent::ConnectResult(result) => self.on_connect_result(key, &result)?,
+            KernelEvent::Payload(payload) => self.on_payload(key, &payload)?,
+            KernelEvent::File(file) => self.on_file(key, &file)?,
+            KernelEvent::Tls(tls) => self.on_tls(key, &tls)?,
+        }
+        Ok(())
+    }
+
+    /// Writes one record about process `key`: its process view, its agent
+    /// when it belongs to one, and whatever `fill` adds.
+    pub fn emit(
+        &mut self,
+        key: ProcKey,
+        kind: &'static str,
+        time_ns: u64,
+        tid: Option<u32>,
+        fill: impl FnOnce(&mut Record<'_>),
+    ) -> anyhow::Result<()> {
+        self.table.lookup(key);
+        let Pipeline { table, stamper, sinks, agents, identity, .. } = self;
+        let process = table.get(&key).context("process vanished from the table")?;
+        let clock = stamper.clock;
+        let view = ProcessView::new(table, process, tid, &clock, table.start_ns(key));
+        let agent = agents.agent_of(&key).map(AgentView::from);
+        let mut record = Record::new(stamper.head(kind, time_ns));
+        record.workload = identity
+            .as_mut()
+            .map(|identity| identity.resolve(process.cgroup_id, process.cgroup_path.as_deref(), process.uid, time_ns));
+        record.process = Some(view);
+        record.agent = agent;
+        fill(&mut record);
+        sinks.write(&record)?;
+        Ok(())
+    }
+
+    /// Writes a record about the sensor itself.
+    pub fn emit_sensor(&mut self, kind: &'static str, sensor: serde_json::Value) -> anyhow::Result<()> {
+        let head = self.stamper.head(kind, Clock::boot_now_ns());
+        self.sinks.write(&Record { sensor: Some(sensor), ..Record::new(head) })?;
+        Ok(())
+    }
+
+    /// Turns growth in the kernel's loss counters into `sensor.loss` records.
+    pub fn report_losses(&mut self, probes: &Probes) -> anyhow::Result<()> {
+        let totals = probes.losses();
+        for (index, &total) in totals.iter().enumerate() {
+            let lost = total.saturating_sub(self.reported_losses[index]);
+            if lost == 0 {
+                continue;
+            }
+            self.reported_losses[index] = total;
+            let kind = probes::loss_kind_name(index);
+            log::error!("the kernel dropped {lost} {kind} events: the ring buffer was full");
+            self.emit_sensor(
+                "sensor.loss",
+                json!({
+                    "stage": "kernel",
+                    "event_kind": kind,
+                    "lost": lost,
+                    "lost_total": total,
+                    "reason": "ring buffer full",
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn collect_garbage(&mut self) -> anyhow::Result<()> {
+        let now = Clock::boot_now_ns();
+        if let Some(identity) = &mut self.identity {
+            identity.collect_garbage(now);
+        }
+        for key in self.table.collect_garbage(now) {
+            self.agents.forget(&key);
+            self.tls_scanned.remove(&key);
+        }
+        let live = |pid: &u32, table: &ProcessTable| table.latest(*pid).is_some();
+        let table = &self.table;
+        self.connections.retain(|(pid, _), _| live(pid, table));
+        self.connection_fds.retain(|(pid, _), _| live(pid, table));
+        let expired = self.pending.expire(now.saturating_sub(PENDING_CONNECT_TIMEOUT_NS));
+        self.emit_unknown_outcomes(expired)?;
+        let ended = self.agents.end_idle_sessions(now);
+        for (root, session) in ended {
+            self.emit_session_end(root, session, now)?;
+        }
+        Ok(())
+    }
+
+    fn emit_unknown_outcomes(&mut self, expired: Vec<PendingConnect>) -> anyhow::Result<()> {
+        for pending in expired {
+            let key = self.table.key(pending.pid, pending.start_time_ns);
+            let network = crate::evidence::NetworkView {
+                protocol: pending.protocol,
+                destination: pending.destination,
+                result: "EINPROGRESS",
+                errno: Some(115),
+                outcome: Some("unknown"),
+                connect_id: None,
+                fd: None,
+            };
+            self.emit(key, "net.connect_result", Clock::boot_now_ns(), None, |record| record.network = Some(network))?;
+        }
+        Ok(())
+    }
+}
