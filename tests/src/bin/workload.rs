@@ -354,7 +354,7 @@ fn raw_connect(fd: c_int, address: SocketAddr) -> c_int {
 /// Calls connect with `len` as the sockaddr length and returns 0 or the errno.
 fn raw_connect_with_length(fd: c_int, address: SocketAddr, len: libc::socklen_t) -> c_int {
     let (storage, _) = raw_sockaddr(address);
-    // SAFETY: storage holds a sockaddr of `len` bytes.
+    // SAFETY: storage contains a sockaddr of `len` bytes.
     let ret = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
     if ret == 0 { 0 } else { errno() }
 }
@@ -456,10 +456,10 @@ fn connect_later(args: &[String]) {
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|_| fail("bad loopback address"));
     let listener = open_socket(loopback, libc::SOCK_STREAM);
     let (storage, len) = raw_sockaddr(loopback);
-    // SAFETY: storage holds a sockaddr of `len` bytes.
+    // SAFETY: storage contains a sockaddr of `len` bytes.
     check(unsafe { libc::bind(listener, (&storage as *const libc::sockaddr_storage).cast(), len) }, "bind");
-    // A backlog of 0 lets one connection wait in the accept queue; while it
-    // waits the listener drops further SYNs, so the next client's handshake
+    // A backlog of 0 lets one connection wait in the accept queue. While it
+    // waits, the listener drops further SYNs, so the next client's handshake
     // ends only at its SYN retransmission, about a second later.
     // SAFETY: listen has no memory arguments.
     check(unsafe { libc::listen(listener, 0) }, "listen");
@@ -501,6 +501,7 @@ fn pidns(args: &[String]) {
     let mut pipe = [0 as c_int; 2];
     // SAFETY: pipe writes two descriptors into the array.
     check(unsafe { libc::pipe(pipe.as_mut_ptr()) }, "pipe");
+
     let child = fork();
     if child == 0 {
         // Pid 1 of the new namespace. It waits until the parent has read
@@ -518,6 +519,7 @@ fn pidns(args: &[String]) {
         unsafe { libc::waitpid(inner, &mut status, 0) };
         exec(&path, &init_argv);
     }
+
     let link = std::fs::read_link(format!("/proc/{child}/ns/pid"))
         .unwrap_or_else(|e| fail(&format!("reading /proc/{child}/ns/pid: {e}")));
     let inode = link.to_string_lossy().trim_start_matches("pid:[").trim_end_matches(']').to_owned();
