@@ -4,24 +4,30 @@
 //! (responses) call, per connection and in call order, as the uprobes
 //! deliver it: possibly cut by the capture bound, with the count of bytes
 //! not copied. Produces one `LlmRequest` per request and one `LlmResponse`
-//! per response of an LLM call: API, provider guess, model, streaming,
-//! offered tools, requested tool calls with hashed arguments, token counts,
-//! finish reason, a keyed fingerprint of the credential, and SHA-256 hashes
-//! of the bodies. Secrets, prompt text and response text never leave this
-//! module, and it does not log them. It assumes HTTP/1.1 without
-//! pipelining and that a stream key names one connection until
-//! `close_stream` or `forget_process`. It does not read HTTP/2, WebSocket
-//! or compressed bodies (gzip, br): those responses are reported with
-//! their hash, length and `content_encoding`, but no fields from the body.
-//! Exchanges that are on no known LLM path, go to no known provider host,
-//! and carry no `model` with a prompt member produce no events.
+//! per response of an LLM call. They give the API, a provider guess, the
+//! model, streaming, the offered tools, the requested tool calls with
+//! hashed arguments, token counts, the finish reason, a keyed fingerprint
+//! of the credential and SHA-256 hashes of the bodies. Secrets, prompt
+//! text and response text never leave this module, and it does not log
+//! them.
 //!
-//! Memory is bounded: each direction of a stream buffers at most
-//! `max_buffer_bytes` of head or JSON body, plus a partial line of at most
-//! 8 KiB, and at most `max_streams` streams are kept, the least recently
-//! fed evicted first. Bytes lost to the capture bound or to a buffer limit
-//! mark the message `truncated`, and parsing resumes at the next boundary
-//! the framing allows (see `http.rs`).
+//! It assumes HTTP/1.1 without pipelining, and that a stream key names one
+//! connection until `close_stream`, `close_process` or `forget_process`.
+//! An exchange is reported when its path is a known LLM API, its Host is a
+//! known provider, or its JSON body has a `model` and a prompt member (or
+//! Gemini's `contents`). A response whose request was not captured is
+//! reported when its body has a known API's shape. Other traffic yields no
+//! events. It does not read HTTP/2, WebSocket or compressed bodies (gzip,
+//! br). Compressed responses are reported with their hash, length and
+//! `content_encoding`, but without fields from the body.
+//!
+//! Memory is bounded. Each direction of a stream buffers at most
+//! `max_buffer_bytes` of head, JSON body or event data, plus up to about
+//! 8 KiB of a partial start or chunk-size line. At most `max_streams`
+//! streams are kept, and the least recently fed is evicted first. Bytes
+//! lost to the capture bound or to a buffer limit mark the message
+//! `truncated`, and parsing resumes at the next boundary the framing
+//! allows (see `http.rs`).
 
 #![expect(dead_code, reason = "parts of the API are not wired into the daemon yet")]
 
@@ -129,10 +135,11 @@ impl LlmStreams {
 
     /// Feeds one captured call's plaintext. `missing` is how many bytes of
     /// this call the kernel did not copy (the call wrote/read `data.len() +
-    /// missing` bytes); the stream then has a gap right after `data`.
+    /// missing` bytes), so the stream has a gap right after `data`.
     ///
-    /// Returns the requests and responses completed by this call, and those
-    /// of a stream evicted to make room for a new one.
+    /// Returns the requests and responses this call completed. When a new
+    /// stream evicts an old one, the old stream's unfinished messages are
+    /// returned too.
     pub fn feed(&mut self, key: StreamKey, direction: Direction, data: &[u8], missing: usize, time_ns: u64) -> Vec<LlmEvent> {
         let mut events = Vec::new();
         if missing > 0 {
