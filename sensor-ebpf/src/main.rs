@@ -85,6 +85,11 @@ static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static FILE_ARGS: HashMap<u64, FileEvent> = HashMap::with_max_entries(4096, 0);
 
+/// The user pointers of a file syscall's paths, read at exit: by then the
+/// kernel has faulted the pages in, which a read at entry cannot do.
+#[map]
+static FILE_PATHS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
+
 /// recvfrom buffers on DNS sockets from entry to exit, keyed by pid_tgid;
 /// the value is the buffer address and the fd.
 #[map]
@@ -170,7 +175,11 @@ fn wakeup_flag() -> u64 {
 /// Sends `len` bytes starting at `data` as one record, counting a failure.
 #[inline(always)]
 fn output_bytes(kind: EventKind, data: *const u8, len: u64) {
-    let flags = wakeup_flag();
+    output_bytes_with(kind, data, len, wakeup_flag());
+}
+
+#[inline(always)]
+fn output_bytes_with(kind: EventKind, data: *const u8, len: u64, flags: u64) {
     // SAFETY: callers pass a pointer into a map value at least `len` bytes long.
     let ret = unsafe { bpf_ringbuf_output(EVENTS_PTR(), data as *mut _, len, flags) };
     if ret < 0 {
@@ -794,7 +803,10 @@ fn send_payload(pid_tgid: u64, fd: i32, connect_id: u64, direction: u32, port: u
         }
     }
     let size = core::mem::offset_of!(PayloadEvent, data) as u64 + (event.len as u64 & (PAYLOAD_CAPACITY as u64 - 1));
-    output_bytes(EventKind::Payload, event_ptr as *const u8, size);
+    // A connection's first bytes can make its process an agent, and the
+    // daemon must mark the agent's tree before the agent forks its tools,
+    // so these few records wake the daemon at once.
+    output_bytes_with(EventKind::Payload, event_ptr as *const u8, size, BPF_RB_FORCE_WAKEUP);
 }
 
 #[tracepoint]
@@ -909,6 +921,23 @@ fn try_enter_file(ctx: &TracePointContext) {
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     event.header = current_header(EventKind::File, task, &off);
+    let _ = FILE_PATHS.insert(&pid_tgid, &[path, path2], 0);
+    let _ = FILE_ARGS.insert(&pid_tgid, event, 0);
+}
+
+/// Handles the exits of the file syscalls: adds the result and sends.
+#[tracepoint]
+pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(event) = FILE_ARGS.get_ptr_mut(&pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: the pointer is a live map value of this program's map.
+    let event = unsafe { &mut *event };
+    // SAFETY: offset 16 is `ret` in the syscall exit record.
+    event.result = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0) as i32;
+    // SAFETY: the value is copied out at once.
+    let [path, path2] = unsafe { FILE_PATHS.get(&pid_tgid) }.copied().unwrap_or([0, 0]);
     let mut truncated = false;
     if path != 0 {
         // SAFETY: the helper validates the user address and bounds the copy.
@@ -923,23 +952,9 @@ fn try_enter_file(ctx: &TracePointContext) {
     if truncated {
         event.header.flags |= FILE_FLAG_PATH_TRUNCATED;
     }
-    let _ = FILE_ARGS.insert(&pid_tgid, event, 0);
-}
-
-/// Handles the exits of the file syscalls: adds the result and sends.
-#[tracepoint]
-pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(event) = FILE_ARGS.get_ptr_mut(&pid_tgid) else {
-        return 0;
-    };
-    // SAFETY: offset 16 is `ret` in the syscall exit record; the pointer is
-    // a live map value.
-    unsafe {
-        (*event).result = ctx.read_at::<i64>(16).unwrap_or(0) as i32;
-        output(EventKind::File, &*event);
-    }
+    output(EventKind::File, event);
     let _ = FILE_ARGS.remove(&pid_tgid);
+    let _ = FILE_PATHS.remove(&pid_tgid);
     0
 }
 

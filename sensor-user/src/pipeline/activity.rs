@@ -82,6 +82,28 @@ impl Pipeline {
         }
     }
 
+    /// Marks a new member of an agent tree in the kernel when the kernel's
+    /// own inheritance at fork missed it: the fork happened before the
+    /// daemon marked the agent.
+    ///
+    /// NOTE: file operations between such a fork and this call are not
+    /// recorded; the window is the daemon's reaction time.
+    pub(super) fn track_new_member(&mut self, key: ProcKey) {
+        let Some(agent) = self.agents.agent_of(&key) else { return };
+        // An exited child's pid may already name another process.
+        if self.table.get(&key).is_none_or(|p| p.exited_ns.is_some()) {
+            return;
+        }
+        let value = TrackedProcess { session_id: agent.session.number, root_pid: agent.key.pid, _pad: 0 };
+        if let Some(tracked) = &mut self.tracked {
+            if tracked.get(&key.pid, 0).is_err() {
+                if let Err(error) = tracked.insert(key.pid, value, 0) {
+                    log::warn!("cannot add pid {} to the kernel's agent map: {error}", key.pid);
+                }
+            }
+        }
+    }
+
     pub(super) fn emit_session_end(&mut self, root: ProcKey, session: Session, time_ns: u64) -> anyhow::Result<()> {
         self.emit(root, "agent.session_end", time_ns, None, |record| {
             record.sections.insert("session".into(), json!(session));

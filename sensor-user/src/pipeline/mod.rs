@@ -100,6 +100,7 @@ impl Pipeline {
                 let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);
                 self.table.on_fork(key, parent, header.start_time_ns, fork.cgroup_id);
                 self.agents.on_fork(key, parent);
+                self.track_new_member(key);
                 self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
             }
             KernelEvent::Exit(exit) => {
