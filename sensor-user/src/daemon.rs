@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use sensor_common::EVENT_KIND_COUNT;
 use serde_json::json;
 use tokio::{
@@ -64,6 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls_scanned: Default::default(),
         received: [0; EVENT_KIND_COUNT as usize],
         decode_errors: 0,
+        ignored_file_reads: 0,
         reported_losses: [0; EVENT_KIND_COUNT as usize],
     };
 
@@ -125,7 +125,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scanned_count
     );
 
-    let mut ring = AsyncFd::with_interest(events, tokio::io::Interest::READABLE).context("registering the ring buffer with the event loop")?;
+    // SAFETY: the ring buffer's fd is owned by `events`, which the AsyncFd
+    // owns from here on, so it stays open and unchanged while registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|error| error.into_parts().1)
+        .context("registering the ring buffer with the event loop")?;
     let mut drain_timer = tokio::time::interval(Duration::from_millis(config.probes.drain_interval_ms));
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut loss_timer = tokio::time::interval(Duration::from_millis(config.probes.loss_check_interval_ms));
@@ -180,6 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "received": counts(&pipeline.received),
         "lost": counts(&kernel_losses),
         "decode_errors": pipeline.decode_errors,
+        "file_reads_ignored": pipeline.ignored_file_reads,
         "records_written": pipeline.sinks.records_written + 1,
     });
     pipeline.sinks.write(&Record { sensor: Some(stop), ..Record::new(head) })?;

@@ -36,6 +36,10 @@ pub struct AgentsConfig {
     /// The registered-agent inventory: an agent matching any entry is
     /// registered; others raise shadow-agent findings.
     pub registered: Vec<RegisteredAgent>,
+    /// Path prefixes whose read-only opens by agent trees are not recorded:
+    /// shared libraries and locale files every program reads. Writes,
+    /// creations, renames and unlinks under them are always recorded.
+    pub ignore_read_prefixes: Vec<String>,
     /// Unix socket serving `agent-sensor agents`.
     pub control_socket: PathBuf,
     /// Group allowed to read the control socket besides root; unset means
@@ -52,6 +56,21 @@ impl Default for AgentsConfig {
                 .map(str::to_owned)
                 .collect(),
             registered: Vec::new(),
+            ignore_read_prefixes: [
+                "/lib/",
+                "/lib64/",
+                "/usr/lib/",
+                "/usr/lib64/",
+                "/usr/share/locale/",
+                "/usr/share/zoneinfo/",
+                "/etc/ld.so.cache",
+                "/etc/localtime",
+                "/proc/self/",
+                "/dev/null",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
             control_socket: PathBuf::from("/run/agent-sensor/control.sock"),
             control_group: None,
         }
@@ -177,10 +196,6 @@ impl Agents {
         Self { config, by_root: HashMap::new(), member_of: HashMap::new(), next_session: 1, boot_prefix }
     }
 
-    pub fn len(&self) -> usize {
-        self.by_root.len()
-    }
-
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
         self.by_root.values()
     }
@@ -203,6 +218,11 @@ impl Agents {
             llm_requests: 0,
             closed: false,
         }
+    }
+
+    /// Returns whether a read-only open of `path` is left out of the records.
+    pub fn ignores_read(&self, path: &str) -> bool {
+        self.config.ignore_read_prefixes.iter().any(|prefix| path.starts_with(prefix.as_str()))
     }
 
     /// Returns whether `process` runs a known agent program.

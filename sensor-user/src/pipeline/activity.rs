@@ -105,8 +105,11 @@ impl Pipeline {
     }
 
     pub(super) fn emit_session_end(&mut self, root: ProcKey, session: Session, time_ns: u64) -> anyhow::Result<()> {
+        let duration_ms = session.last_activity_ns.saturating_sub(session.started_ns) / 1_000_000;
         self.emit(root, "agent.session_end", time_ns, None, |record| {
-            record.sections.insert("session".into(), json!(session));
+            let mut view = json!(session);
+            view["active_ms"] = json!(duration_ms);
+            record.sections.insert("session".into(), view);
         })
     }
 
@@ -148,6 +151,11 @@ impl Pipeline {
             self.agents.activity(root, file.header.time_ns, |_| {});
         }
         let path = self.resolve_path(file.header.pid, file.dirfd, file.path);
+        let read_only = file.op == FILE_OP_OPEN && file.flags & 3 == 0 && file.flags & libc::O_CREAT as u32 == 0;
+        if read_only && self.agents.ignores_read(&path.0) {
+            self.ignored_file_reads += 1;
+            return Ok(());
+        }
         let path2 = (!file.path2.is_empty()).then(|| self.resolve_path(file.header.pid, file.dirfd, file.path2));
         let mut view = json!({
             "path": path.0,

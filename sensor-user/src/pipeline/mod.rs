@@ -62,6 +62,8 @@ pub struct Pipeline {
     pub tls_scanned: HashMap<ProcKey, ()>,
     pub received: [u64; EVENT_KIND_COUNT as usize],
     pub decode_errors: u64,
+    /// Read-only opens left out by `agents.ignore_read_prefixes`.
+    pub ignored_file_reads: u64,
     pub reported_losses: [u64; EVENT_KIND_COUNT as usize],
 }
 
