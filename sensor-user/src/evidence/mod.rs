@@ -4,9 +4,24 @@
 //! carries the schema version, a sortable unique id, a sequence number, the
 //! wall-clock time derived from the kernel's boot-time clock, and its kind.
 //! Views borrow from the process table so building a record copies little.
+//!
+//! The tamper-evident log lives in submodules: `chain` (the hash chain each
+//! line carries), `checkpoint` (signed checkpoints and keys), `recovery`
+//! (resuming the chain at start-up, torn last lines) and `verify` (the
+//! `agent-sensor verify` command). The sinks write what they define.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod recovery;
+pub mod verify;
+#[cfg(test)]
+mod tamper_tests;
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -93,21 +108,36 @@ pub struct Record<'a> {
 }
 
 /// Assigns sequence numbers and ids, and stamps times.
+///
+/// Clones share one sequence counter, so the sinks can stamp their own
+/// records (checkpoints) in the same sequence as the pipeline's. Each head
+/// must be written before the next one is stamped: the hash chain orders
+/// records by write, and `verify` rejects a sequence out of that order.
+#[derive(Clone)]
 pub struct Stamper {
     pub host: Host,
     pub clock: Clock,
-    next_seq: u64,
+    next_seq: Arc<AtomicU64>,
 }
 
 impl Stamper {
     pub fn new(host: Host, clock: Clock) -> Self {
-        Self { host, clock, next_seq: 0 }
+        Self { host, clock, next_seq: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The sequence number the next head gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// Continues an existing chain: the next head gets `seq`.
+    pub fn resume_at(&self, seq: u64) {
+        self.next_seq.store(seq, Ordering::Relaxed);
     }
 
     /// Builds the head of the next record for an event at boot-time `boot_ns`.
     pub fn head(&mut self, kind: &'static str, boot_ns: u64) -> Head<'_> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let unix_ns = self.clock.wall_ns(boot_ns);
         Head {
             schema: SCHEMA,

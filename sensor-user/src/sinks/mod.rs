@@ -1,19 +1,35 @@
 //! Pipeline stage 10: records in, JSON lines out to standard output and to
 //! the evidence file.
 //!
-//! Records are serialised once into a reused buffer and written through
-//! buffered writers; the daemon flushes after each drained batch and on a
-//! timer, so a quiet sensor never holds records back for long. The evidence
-//! file is created 0600 because records name users, commands and hosts.
+//! Records are serialised once into a reused buffer, sealed into the hash
+//! chain (`evidence::chain`) and written through buffered writers, the same
+//! line to every sink. The daemon flushes after each drained batch and on a
+//! timer, so a quiet sensor never holds records back for long. The sinks
+//! also write the chain's own records: a `sensor.chain_recovered` record
+//! when the previous run did not stop cleanly, and `evidence.checkpoint`
+//! records after every `evidence.checkpoint_every_records` records, on the
+//! daemon's timer, before each rotation and at shutdown.
+
+pub mod file;
 
 use std::{
-    fs::{File, OpenOptions},
     io::{self, BufWriter, Stdout, Write},
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
+
+use crate::{
+    config::{EvidenceConfig, FsyncPolicy, OutputConfig},
+    evidence::{
+        chain::{self, ChainError, Hash, GENESIS},
+        checkpoint::{CheckpointView, KeyError, Reason, Signer},
+        recovery::{self, RecoveredView, RecoveryError, Resume, KIND_CHECKPOINT, KIND_RECOVERED},
+        Clock, Head, Stamper,
+    },
+};
+use file::EvidenceFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -29,49 +45,243 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    #[error("forcing {path} to disk failed")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("rotating evidence file {from} to {to} failed")]
+    Rotate {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("serialising a record failed")]
     Serialize(#[source] serde_json::Error),
+    #[error("sealing a record into the hash chain failed")]
+    Chain(#[from] ChainError),
+    #[error("loading the checkpoint signing key failed")]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+}
+
+#[derive(Serialize)]
+struct CheckpointRecord<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
+    checkpoint: CheckpointView,
+}
+
+#[derive(Serialize)]
+struct RecoveredRecord<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
+    sensor: RecoveredView,
 }
 
 pub struct Sinks {
     stdout: Option<BufWriter<Stdout>>,
-    file: Option<BufWriter<File>>,
+    file: Option<EvidenceFile>,
+    stamper: Stamper,
+    signer: Signer,
+    settings: EvidenceConfig,
+    /// Hash of the last record written.
+    prev_hash: Hash,
+    last_seq: Option<u64>,
+    /// `from_seq` of the next checkpoint.
+    range_start: u64,
+    /// Records written since the last checkpoint.
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
     line: Vec<u8>,
     pub records_written: u64,
 }
 
 impl Sinks {
-    pub fn open(stdout: bool, evidence: Option<&Path>) -> Result<Sinks, SinkError> {
-        let file = match evidence {
-            Some(path) => Some(BufWriter::with_capacity(256 * 1024, open_evidence(path)?)),
-            None => None,
+    /// Opens the sinks and resumes the evidence file's chain. `stamper`
+    /// must share its sequence with the pipeline's; it is moved to the seq
+    /// after the chain's last record.
+    pub fn open(output: &OutputConfig, evidence: &EvidenceConfig, stamper: Stamper) -> Result<Sinks, SinkError> {
+        let signer = match evidence.signing_key() {
+            Some(path) => {
+                let signer = Signer::load(path)?;
+                log::info!(
+                    "signing evidence checkpoints with {} (public key sha256 {})",
+                    path.display(),
+                    signer.key_sha256().unwrap_or_default()
+                );
+                signer
+            }
+            None => {
+                log::warn!("evidence checkpoints are unsigned: set evidence.signing_key_path to sign them");
+                Signer::unsigned()
+            }
         };
-        Ok(Sinks {
-            stdout: stdout.then(|| BufWriter::with_capacity(256 * 1024, io::stdout())),
+        let (resume, file) = match output.evidence_file() {
+            Some(path) => {
+                let resume = recovery::scan(path)?;
+                let file = EvidenceFile::open(path, resume.active_first_seq)?;
+                (resume, Some(file))
+            }
+            None => (Resume::default(), None),
+        };
+        if let Some(head) = resume.head {
+            stamper.resume_at(head.seq + 1);
+        }
+        let mut sinks = Sinks {
+            stdout: output.stdout.then(|| BufWriter::with_capacity(256 * 1024, io::stdout())),
             file,
+            stamper,
+            signer,
+            settings: evidence.clone(),
+            prev_hash: resume.head.map_or(GENESIS, |head| head.hash),
+            last_seq: resume.head.map(|head| head.seq),
+            range_start: resume.range_start,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
             line: Vec::with_capacity(4096),
             records_written: 0,
-        })
+        };
+        sinks.report_resume(&resume)?;
+        Ok(sinks)
     }
 
-    /// Serialises one record as a JSON line to every sink.
+    /// Logs how the chain continues and writes `sensor.chain_recovered`
+    /// when the previous run did not stop cleanly.
+    fn report_resume(&mut self, resume: &Resume) -> Result<(), SinkError> {
+        match (&self.file, resume.head) {
+            (None, _) => log::info!("no evidence file: a new hash chain starts on standard output"),
+            (Some(file), None) => log::info!("new evidence hash chain in {}", file.path().display()),
+            (Some(file), Some(head)) => log::info!(
+                "evidence hash chain in {} continues after seq {} from {}",
+                file.path().display(),
+                head.seq,
+                resume.head_file.as_ref().map_or_else(String::new, |p| p.display().to_string())
+            ),
+        }
+        if let Some(torn) = &resume.torn {
+            log::warn!(
+                "{} has {} torn bytes at offset {} after the last intact record, left by a crash; they are kept \
+                 and reported in a {KIND_RECOVERED} record",
+                torn.file.display(),
+                torn.length,
+                torn.offset
+            );
+        }
+        if resume.needs_newline {
+            if let Some(file) = &mut self.file {
+                file.append_raw(b"\n")?;
+            }
+        }
+        let Some(view) = RecoveredView::from_resume(resume) else { return Ok(()) };
+        let Sinks { stamper, line, .. } = self;
+        let head = stamper.head(KIND_RECOVERED, Clock::boot_now_ns());
+        line.clear();
+        serde_json::to_writer(&mut *line, &RecoveredRecord { head, sensor: view }).map_err(SinkError::Serialize)?;
+        self.append_sealed()?;
+        self.flush()
+    }
+
+    /// Serialises one record, seals it into the chain and writes it as a
+    /// JSON line to every sink; checkpoints and rotates when due.
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), SinkError> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record).map_err(SinkError::Serialize)?;
+        self.append_sealed()?;
+        if self.since_checkpoint >= self.settings.checkpoint_every_records {
+            self.checkpoint(Reason::Count)?;
+        }
+        let rotate_size = self.settings.rotate_size_bytes;
+        if rotate_size > 0 && self.file.as_ref().is_some_and(|file| file.len() >= rotate_size) {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the record in `self.line` and writes it. The record's seq is
+    /// the last one the stamper handed out.
+    fn append_sealed(&mut self) -> Result<(), SinkError> {
+        let seq = self.stamper.next_seq().saturating_sub(1);
+        let hash = chain::seal(&self.prev_hash, &mut self.line)?;
         self.line.push(b'\n');
         if let Some(file) = &mut self.file {
-            file.write_all(&self.line).map_err(|source| SinkError::Write { sink: "evidence file", source })?;
+            file.append(&self.line, seq)?;
         }
         if let Some(stdout) = &mut self.stdout {
             stdout.write_all(&self.line).map_err(|source| SinkError::Write { sink: "stdout", source })?;
         }
+        self.prev_hash = hash;
+        self.last_seq = Some(seq);
         self.records_written += 1;
+        self.since_checkpoint += 1;
         Ok(())
+    }
+
+    /// Writes a checkpoint covering the records since the previous one.
+    fn checkpoint(&mut self, reason: Reason) -> Result<(), SinkError> {
+        let Some(to_seq) = self.last_seq else { return Ok(()) };
+        let view = CheckpointView::new(reason, self.range_start, to_seq, &self.prev_hash, &self.signer);
+        let Sinks { stamper, line, .. } = self;
+        let head = stamper.head(KIND_CHECKPOINT, Clock::boot_now_ns());
+        let seq = head.seq;
+        line.clear();
+        serde_json::to_writer(&mut *line, &CheckpointRecord { head, checkpoint: view }).map_err(SinkError::Serialize)?;
+        self.append_sealed()?;
+        self.range_start = seq;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        if self.settings.fsync != FsyncPolicy::Never {
+            if let Some(file) = &mut self.file {
+                file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the active file with a checkpoint and renames it.
+    fn rotate(&mut self) -> Result<(), SinkError> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        self.checkpoint(Reason::Rotation)?;
+        let sync = self.settings.fsync != FsyncPolicy::Never;
+        if let Some(file) = &mut self.file {
+            let rotated = file.rotate(SystemTime::now(), sync)?;
+            log::info!("rotated the evidence file to {}", rotated.display());
+        }
+        Ok(())
+    }
+
+    /// Runs the time-based work: a checkpoint when uncovered records have
+    /// waited `evidence.checkpoint_interval_secs`, rotation by age. The
+    /// daemon calls it about once a second.
+    pub fn tick(&mut self) -> Result<(), SinkError> {
+        let interval = Duration::from_secs(self.settings.checkpoint_interval_secs);
+        let mut wrote = false;
+        if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= interval {
+            self.checkpoint(Reason::Interval)?;
+            wrote = true;
+        }
+        let max_age = Duration::from_secs(self.settings.rotate_age_secs);
+        let now = SystemTime::now();
+        let old = self.file.as_ref().is_some_and(|file| file.len() > 0 && file.age(now) >= max_age);
+        if self.settings.rotate_age_secs > 0 && old {
+            self.rotate()?;
+            wrote = true;
+        }
+        if wrote { self.flush() } else { Ok(()) }
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
         if let Some(file) = &mut self.file {
-            file.flush().map_err(|source| SinkError::Write { sink: "evidence file", source })?;
+            if self.settings.fsync == FsyncPolicy::Batch {
+                file.sync_data()?;
+            } else {
+                file.flush()?;
+            }
         }
         if let Some(stdout) = &mut self.stdout {
             stdout.flush().map_err(|source| SinkError::Write { sink: "stdout", source })?;
@@ -79,42 +289,17 @@ impl Sinks {
         Ok(())
     }
 
-    /// Flushes and forces the evidence file to disk, for shutdown.
-    pub fn sync(&mut self) -> Result<(), SinkError> {
+    /// Ends the run: writes the shutdown checkpoint, flushes, and forces
+    /// the evidence file to disk whatever `evidence.fsync` says.
+    pub fn close(&mut self) -> Result<(), SinkError> {
+        self.checkpoint(Reason::Shutdown)?;
         self.flush()?;
         if let Some(file) = &mut self.file {
-            file.get_ref().sync_all().map_err(|source| SinkError::Write { sink: "evidence file", source })?;
+            file.sync_all()?;
         }
         Ok(())
     }
 }
 
-fn open_evidence(path: &Path) -> Result<File, SinkError> {
-    let error = |source| SinkError::Open { path: path.to_owned(), source };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(error)?;
-    }
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(error)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn evidence_file_is_private_and_appended() {
-        let dir = std::env::temp_dir().join(format!("agent-sensor-sinks-{}", std::process::id()));
-        let path = dir.join("nested/evidence.jsonl");
-        for value in [1, 2] {
-            let mut sinks = Sinks::open(false, Some(&path)).unwrap();
-            sinks.write(&serde_json::json!({ "n": value })).unwrap();
-            sinks.sync().unwrap();
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "{\"n\":1}\n{\"n\":2}\n");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+pub(crate) mod tests;
