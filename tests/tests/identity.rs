@@ -353,3 +353,312 @@ fn identity_removed_container_is_explicit() {
         assert_eq!(workload["identity_complete"], false, "{exec}");
     }
 }
+
+/// A stand-in for the Kubernetes API server on 127.0.0.1: Python's HTTP
+/// server over TLS with a certificate from a CA made for the test. It
+/// serves the pod list from `pods.json` and, on a watch, streams an ADDED
+/// event for each pod appended to `watch.jsonl`. It checks the bearer
+/// token and logs each request's path and query to `requests.log`.
+mod kube_api {
+    use std::{
+        io::Write as _,
+        path::{Path, PathBuf},
+        process::{Child, Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use integration_tests::TempDir;
+    use serde_json::{json, Value};
+
+    const SERVER: &str = r#"
+import http.server, json, os, ssl, sys, time, urllib.parse
+
+directory, token = sys.argv[1], sys.argv[2]
+
+def log(line):
+    with open(os.path.join(directory, "requests.log"), "a") as f:
+        f.write(line + "\n")
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        log(self.path)
+        if self.headers.get("Authorization") != "Bearer " + token:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if url.path != "/api/v1/pods":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if query.get("watch", [""])[0] in ("true", "1"):
+            self.watch()
+            return
+        with open(os.path.join(directory, "pods.json")) as f:
+            pods = json.load(f)
+        body = json.dumps({"apiVersion": "v1", "kind": "PodList",
+                           "metadata": {"resourceVersion": "100"}, "items": pods}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def watch(self):
+        # HTTP/1.0 without a length: the body is the stream, ended by close.
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        sent = 0
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            path = os.path.join(directory, "watch.jsonl")
+            lines = open(path).read().splitlines() if os.path.exists(path) else []
+            for line in lines[sent:]:
+                pod = json.loads(line)
+                event = json.dumps({"type": "ADDED", "object": pod}) + "\n"
+                self.wfile.write(event.encode())
+                self.wfile.flush()
+                log("sent " + pod["metadata"]["uid"])
+            sent = len(lines)
+            time.sleep(0.05)
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(os.path.join(directory, "server.crt"), os.path.join(directory, "server.key"))
+server.socket = context.wrap_socket(server.socket, server_side=True)
+with open(os.path.join(directory, "port.tmp"), "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename(os.path.join(directory, "port.tmp"), os.path.join(directory, "port"))
+server.serve_forever()
+"#;
+
+    pub const TOKEN: &str = "agent-sensor-test-token";
+
+    /// A running fake API server; killed on drop.
+    pub struct Server {
+        child: Option<Child>,
+        pub port: u16,
+        pub dir: TempDir,
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let output = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+        assert!(output.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Makes a CA and a server certificate for IP 127.0.0.1 signed by it;
+    /// rustls rejects a self-signed CA certificate used as the server's.
+    fn make_certificates(dir: &Path) {
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=agent-sensor test CA", "-days", "1"]);
+        openssl(dir, &ca);
+        let mut request = vec!["req"];
+        request.extend(ec);
+        request.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        openssl(dir, &request);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write the certificate extensions");
+        openssl(
+            dir,
+            &[
+                "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+                "server.crt", "-days", "1", "-extfile", "server.ext",
+            ],
+        );
+    }
+
+    impl Server {
+        pub fn start(pods: &[Value]) -> Server {
+            let dir = TempDir::new("kube-api");
+            make_certificates(dir.path());
+            std::fs::write(dir.path().join("token"), TOKEN).expect("write the token file");
+            std::fs::write(dir.path().join("pods.json"), serde_json::to_vec(pods).unwrap()).expect("write pods.json");
+            std::fs::write(dir.path().join("server.py"), SERVER).expect("write the server script");
+            let child = Command::new("python3")
+                .arg(dir.path().join("server.py"))
+                .arg(dir.path())
+                .arg(TOKEN)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the fake API server");
+            let mut server = Server { child: Some(child), port: 0, dir };
+            let port_file = server.dir.path().join("port");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !port_file.exists() {
+                if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
+                    panic!("the fake API server exited with {status}");
+                }
+                assert!(Instant::now() < deadline, "the fake API server did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            server.port = std::fs::read_to_string(&port_file).unwrap().trim().parse().expect("the server's port");
+            server
+        }
+
+        pub fn ca_path(&self) -> PathBuf {
+            self.dir.path().join("ca.crt")
+        }
+
+        pub fn token_path(&self) -> PathBuf {
+            self.dir.path().join("token")
+        }
+
+        pub fn requests(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("requests.log"))
+                .map(|text| text.lines().map(str::to_owned).collect())
+                .unwrap_or_default()
+        }
+
+        /// Waits until a request log line satisfies `predicate`.
+        pub fn wait_for_request(&self, what: &str, predicate: impl Fn(&str) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !self.requests().iter().any(|line| predicate(line)) {
+                assert!(Instant::now() < deadline, "the API server saw no {what}; requests: {:?}", self.requests());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// Streams `pod` to running watches as an ADDED event.
+        pub fn add_watched_pod(&self, pod: &Value) {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("watch.jsonl"))
+                .expect("open watch.jsonl");
+            writeln!(file, "{pod}").expect("append to watch.jsonl");
+        }
+
+        /// Kills the server, as an API outage would.
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// A Pod object as the API returns it.
+    pub fn pod(name: &str, namespace: &str, uid: &str, node: &str, service_account: &str, app: &str, image: &str) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": "101",
+                         "labels": {"app": app, "team": "identity-tests"}},
+            "spec": {"nodeName": node, "serviceAccountName": service_account,
+                     "containers": [{"name": "agent", "image": image}]},
+            "status": {"phase": "Running"}
+        })
+    }
+}
+
+/// Runs a short container of a pod and returns its marked exec record.
+fn run_pod_container(roots: &Roots, sensor: &Sensor, pod: &str, pod_uid: &str) -> (String, Value) {
+    let id = random_container_id();
+    let cgroup = systemd_pod_cgroup("besteffort", pod_uid, &format!("cri-containerd-{id}.scope"));
+    let layout = roots.containerd_layout(&id, cgroup);
+    let annotations = containerd_annotations(pod, "shop", pod_uid, "agent", "registry.example/agent:1.2");
+    let marker = unique_marker("kube");
+    let script = format!("/bin/true {marker}; sleep 0.3");
+    let mut running = Container::run(TempDir::new("runc"), &id, &layout, annotations, &["/bin/sh", "-c", &script]);
+    running.wait(Duration::from_secs(20));
+    let exec = exec_with_argv(sensor, "the pod container's exec", &["/bin/true", &marker]);
+    (id, exec)
+}
+
+#[test]
+fn identity_kube_api_watch_and_outage() {
+    require_sensor!();
+    require_containers!();
+    let node = "identity-test-node";
+    let listed_uid = random_pod_uid();
+    let listed = kube_api::pod("web-0", "shop", &listed_uid, node, "web-sa", "web", "registry.example/agent:1.2");
+    let mut server = kube_api::Server::start(&[listed]);
+    let roots = Roots::new("id-kube");
+    let config = format!(
+        "{}kube_api = true\nkube_api_url = \"https://127.0.0.1:{}\"\nkube_token_path = \"{}\"\nkube_ca_path = \"{}\"\nkube_node_name = \"{node}\"\n",
+        roots.sensor_config(),
+        server.port,
+        server.token_path().display(),
+        server.ca_path().display(),
+    );
+    let sensor = match Sensor::try_start(&config) {
+        Ok(sensor) => sensor,
+        Err(error) if error.contains("no Kubernetes API support") => {
+            eprintln!("skipped: agent-sensor was built without the kube-api feature");
+            return;
+        }
+        Err(error) => panic!("{error}"),
+    };
+
+    // The list, then the watch, both for this node's pods only.
+    server.wait_for_request("watch of this node's pods", |line| line.contains("watch=") && line.contains("spec.nodeName%3Didentity-test-node"));
+    assert!(
+        server.requests().iter().filter(|l| !l.starts_with("sent ")).all(|l| l.contains("fieldSelector=spec.nodeName%3Didentity-test-node")),
+        "every request selects this node: {:?}",
+        server.requests()
+    );
+
+    // A pod from the list: service account and labels from the API.
+    let (listed_id, exec) = run_pod_container(&roots, &sensor, "web-0", &listed_uid);
+    let workload = &exec["workload"];
+    assert_eq!(workload["container_id"], listed_id, "{exec}");
+    assert_eq!(workload["service_account"], "web-sa", "{exec}");
+    assert_eq!(workload["labels"]["app"], "web", "{exec}");
+    assert_eq!(workload["identity_complete"], true, "{exec}");
+    assert!(workload["sources"].as_array().unwrap().contains(&"kube_api".into()), "{exec}");
+
+    // A pod that arrives through the watch.
+    let watched_uid = random_pod_uid();
+    server.add_watched_pod(&kube_api::pod("api-1", "shop", &watched_uid, node, "api-sa", "api", "registry.example/agent:1.2"));
+    server.wait_for_request("watch event", |line| line == format!("sent {watched_uid}"));
+    // The event is on the wire; give the sensor a moment to apply it.
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, exec) = run_pod_container(&roots, &sensor, "api-1", &watched_uid);
+    assert_eq!(exec["workload"]["service_account"], "api-sa", "{exec}");
+    assert_eq!(exec["workload"]["labels"]["app"], "api", "{exec}");
+
+    // The API goes away: the sensor keeps recording, local facts stay, and
+    // what only the API knows is marked unreachable.
+    server.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sensor.stderr().contains("Kubernetes API unreachable") {
+        assert!(std::time::Instant::now() < deadline, "the sensor did not notice the outage; stderr:\n{}", sensor.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let unlisted_uid = random_pod_uid();
+    let (unlisted_id, exec) = run_pod_container(&roots, &sensor, "late-2", &unlisted_uid);
+    let workload = &exec["workload"];
+    assert_eq!(workload["container_id"], unlisted_id, "{exec}");
+    assert_eq!(workload["pod"], "late-2", "{exec}");
+    assert_eq!(workload["container"], "agent", "{exec}");
+    assert_eq!(workload["service_account"], Value::Null, "{exec}");
+    assert_eq!(workload["unknown"]["service_account"], "api_unreachable", "{exec}");
+    assert_eq!(workload["unknown"]["labels"], "api_unreachable", "{exec}");
+    assert_eq!(workload["identity_complete"], false, "{exec}");
+
+    // A pod listed before the outage keeps what the API said.
+    let (_, exec) = run_pod_container(&roots, &sensor, "web-0", &listed_uid);
+    assert_eq!(exec["workload"]["service_account"], "web-sa", "{exec}");
+    let records = sensor.stop();
+    assert!(records.iter().any(|r| r["kind"] == "sensor.stop"), "the sensor stopped cleanly after the outage");
+}

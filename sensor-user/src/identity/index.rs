@@ -158,6 +158,7 @@ impl CgroupIndex {
         self.entries.contains_key(&id)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

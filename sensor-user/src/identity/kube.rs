@@ -167,10 +167,15 @@ impl PodDirectory {
     /// Adds or replaces one pod.
     pub fn upsert(&self, pod: PodInfo) {
         let mut state = self.state();
-        if state.by_uid.get(&pod.uid).is_some_and(|known| **known == pod) {
+        if state.api != ApiState::Unreachable && state.by_uid.get(&pod.uid).is_some_and(|known| **known == pod) {
             return;
         }
         state.by_uid.insert(pod.uid.clone(), Arc::new(pod));
+        // An event after a failure means the watch is running again.
+        if state.api == ApiState::Unreachable {
+            state.api = ApiState::Synced;
+            state.last_error = None;
+        }
         drop(state);
         self.bump();
     }
@@ -258,14 +263,18 @@ mod tests {
         assert!(matches!(directory.by_name("shop", "web-0"), PodLookup::Found(_)));
         assert_eq!(directory.by_uid("u2"), PodLookup::NotInApi);
 
+        let generation = directory.generation();
+        directory.upsert(PodInfo::from_json(&pod_json("u1")).unwrap());
+        assert_eq!(directory.generation(), generation, "an unchanged pod is no change");
+
         directory.set_unreachable("connection refused".into());
         assert!(matches!(directory.by_uid("u1"), PodLookup::Found(_)), "listed pods survive the loss");
         assert_eq!(directory.by_uid("u2"), PodLookup::Unreachable);
         assert_eq!(directory.last_error().as_deref(), Some("connection refused"));
 
-        let generation = directory.generation();
         directory.upsert(PodInfo::from_json(&pod_json("u1")).unwrap());
-        assert_eq!(directory.generation(), generation, "an unchanged pod is no change");
+        assert_eq!(directory.api_state(), ApiState::Synced, "an event after the loss means the watch runs again");
+        assert_eq!(directory.by_uid("u2"), PodLookup::NotInApi);
         assert_eq!(PodDirectory::new(ApiState::Disabled).by_uid("u1"), PodLookup::Disabled);
     }
 }

@@ -27,6 +27,8 @@
 pub mod cgroup;
 pub mod index;
 pub mod kube;
+#[cfg(feature = "kube-api")]
+mod kube_watch;
 pub mod runtime;
 pub mod systemd;
 
@@ -288,6 +290,7 @@ impl Identity {
         serde_json::json!({
             "cgroup_root": self.index.root(),
             "kube_api": self.pods.api_state(),
+            "kube_api_error": self.pods.last_error(),
         })
     }
 
@@ -311,10 +314,6 @@ impl Identity {
             capacity: config.max_cgroups.max(1),
             no_cgroup: Arc::new(Workload::unknown("no_cgroup")),
         }
-    }
-
-    pub fn cgroup_root(&self) -> Option<&std::path::Path> {
-        self.index.root()
     }
 
     /// Returns the workload of a process from its cgroup id, or its cgroup
