@@ -9,6 +9,7 @@
 //! even when it fails.
 
 pub mod container;
+pub mod llm_server;
 
 use std::{
     io::{BufRead, BufReader},
