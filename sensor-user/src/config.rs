@@ -23,6 +23,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub output: OutputConfig,
     pub evidence: EvidenceConfig,
+    pub ingest: crate::ingest::IngestConfig,
+    pub reconcile: crate::reconcile::ReconcileConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -453,6 +455,8 @@ impl Config {
             !self.identity.kube_api || cfg!(feature = "kube-api"),
             "this build has no Kubernetes API support; rebuild with `--features kube-api`".to_owned(),
         );
+        crate::ingest::validate(&self.ingest, &mut check);
+        crate::reconcile::validate(&self.reconcile, &mut check);
         problems
     }
 }

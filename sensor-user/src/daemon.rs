@@ -65,6 +65,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         decode_errors: 0,
         ignored_file_reads: 0,
         reported_losses: [0; EVENT_KIND_COUNT as usize],
+        reconcile: config
+            .reconcile
+            .enabled
+            .then(|| crate::reconcile::Live::new(config.reconcile.clone(), config.process.procfs_path.clone())),
+    };
+    let (mut ingest, ingest_problems) = match config.ingest.enabled {
+        true => {
+            let (ingest, problems) = crate::ingest::start(&config.ingest, config.process.procfs_path.clone()).await;
+            (Some(ingest), problems)
+        }
+        false => (None, Vec::new()),
     };
 
     // The scan runs after attaching, so a process started in between is
@@ -87,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "argv_max_bytes": config.probes.argv_max_bytes,
             "evidence_path": config.output.evidence_file(),
             "identity": pipeline.identity.as_ref().map(Identity::summary),
+            "ingest": ingest.as_ref().map(|i| json!({ "listen": i.listen })),
         })),
         ..Record::new(start)
     })?;
@@ -97,6 +109,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             sensor: Some(json!({ "hook": degraded.hook, "reason": degraded.reason })),
             ..Record::new(head)
         })?;
+    }
+    for problem in &ingest_problems {
+        log::warn!("degraded: ingest: {problem}");
+        pipeline.emit_sensor("sensor.degraded", json!({ "hook": "ingest", "reason": problem.to_string() }))?;
     }
     for key in &keys {
         pipeline.emit(*key, "process.snapshot", now, None, |_| {})?;
@@ -136,6 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut flush_timer = tokio::time::interval(Duration::from_millis(config.output.flush_interval_ms));
     let mut gc_timer = tokio::time::interval(Duration::from_secs(5));
     let mut evidence_timer = tokio::time::interval(Duration::from_secs(1));
+    let mut reconcile_timer = tokio::time::interval(Duration::from_millis(config.reconcile.tick_ms));
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
@@ -157,6 +174,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = flush_timer.tick() => pipeline.sinks.flush()?,
             _ = gc_timer.tick() => pipeline.collect_garbage()?,
             _ = evidence_timer.tick() => pipeline.sinks.tick()?,
+            Some(reports) = next_reports(&mut ingest) => pipeline.on_reports(reports),
+            _ = reconcile_timer.tick() => pipeline.reconcile_tick()?,
             accepted = accept(&control) => {
                 if let Ok((stream, _)) = accepted {
                     let agents: Vec<_> = pipeline.agents.agents().collect();
@@ -172,6 +191,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Everything the kernel queued before the signal is still recorded.
     while pipeline.drain(ring.get_mut(), &mut probes, usize::MAX)? > 0 {}
     pipeline.report_losses(&probes)?;
+    while let Some(Ok(reports)) = ingest.as_mut().map(|i| i.reports.try_recv()) {
+        pipeline.on_reports(reports);
+    }
+    pipeline.reconcile_finish()?;
     let kernel_losses = probes.losses();
     let counts = |values: &[u64; EVENT_KIND_COUNT as usize]| {
         (0..EVENT_KIND_COUNT as usize)
@@ -186,6 +209,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "decode_errors": pipeline.decode_errors,
         "file_reads_ignored": pipeline.ignored_file_reads,
         "records_written": pipeline.sinks.records_written + 1,
+        "ingest": ingest.as_ref().map(|i| i.stats.to_json()),
+        "reconcile": pipeline.reconcile.as_ref().map(|r| json!(r.engine.stats)),
     });
     pipeline.sinks.write(&Record { sensor: Some(stop), ..Record::new(head) })?;
     pipeline.sinks.close()?;
@@ -225,6 +250,14 @@ fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
         .with_context(|| format!("writing fingerprint key {}", path.display()))?;
     log::info!("created credential fingerprint key {}", path.display());
     Ok(key)
+}
+
+/// Receives the next batch of reports, or waits forever without ingest.
+async fn next_reports(ingest: &mut Option<crate::ingest::Ingest>) -> Option<Vec<crate::reconcile::report::Report>> {
+    match ingest {
+        Some(ingest) => ingest.reports.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Accepts a control client, or waits forever when there is no socket.

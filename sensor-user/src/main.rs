@@ -7,10 +7,12 @@ mod daemon;
 mod evidence;
 mod llm;
 mod identity;
+mod ingest;
 mod net;
 mod pipeline;
 mod probes;
 mod process;
+mod reconcile;
 mod sinks;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -68,6 +70,24 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Match agents' telemetry against evidence files, as the daemon does.
+    ///
+    /// Prints each `finding.unreported_action`, `finding.unobserved_claim`
+    /// and `reconcile.summary` as a JSON line. Exit codes: 0 no findings,
+    /// 1 findings, 2 invalid arguments or input.
+    Reconcile {
+        /// Evidence files written by the daemon (rotated parts in any order).
+        #[arg(long, required = true, num_args = 1..)]
+        evidence: Vec<PathBuf>,
+        /// Telemetry files: OTLP JSON export requests or agents' JSON-lines
+        /// logs, one object a line.
+        #[arg(long, required = true, num_args = 1..)]
+        telemetry: Vec<PathBuf>,
+        /// Configuration file whose `[reconcile]` windows and `ingest.jsonl`
+        /// field maps are used; built-in defaults when absent.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Generate an ed25519 key pair for signing evidence checkpoints.
     Keygen {
         /// Where to write the private key (PKCS#8 PEM, mode 0600).
@@ -112,6 +132,26 @@ fn main() -> ExitCode {
         },
         Command::Verify { public_key, json, files } => {
             ExitCode::from(evidence::verify::run(&files, public_key.as_deref(), json))
+        }
+        Command::Reconcile { evidence, telemetry, config } => {
+            let config = match config.map(|path| config::Config::load(&path)).transpose() {
+                Ok(config) => config.unwrap_or_default(),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut stdout = std::io::stdout().lock();
+            match reconcile::offline::run(&evidence, &telemetry, config.reconcile, &config.ingest.jsonl, &mut stdout) {
+                Ok(stats) => {
+                    eprintln!("{}", serde_json::json!({ "reconcile": stats }));
+                    ExitCode::from(u8::from(stats.unreported_actions + stats.unobserved_claims > 0))
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Keygen { private, public } => match evidence::checkpoint::keygen(&private, &public) {
             Ok(key_sha256) => {

@@ -119,7 +119,12 @@ impl Pipeline {
         if let Some(root) = self.agents.tool_spawn_root(&key) {
             let changes = self.agents.activity(root, time_ns, |session| session.tool_spawns += 1);
             self.record_changes(root, changes, time_ns, None)?;
-            self.emit(key, "tool.spawn", time_ns, None, |_| {})?;
+            let trace_context = self.reconcile.as_ref().and_then(|r| r.trace_context(key.pid));
+            self.emit(key, "tool.spawn", time_ns, None, |record| {
+                if let Some(trace_context) = trace_context {
+                    record.sections.insert("trace_context".into(), trace_context);
+                }
+            })?;
         } else if let Some(program) = self.table.get(&key).and_then(|p| self.agents.known_program(p)) {
             self.detect_agent(key, Detection { signal: "known_program", value: program, provider: None }, time_ns)?;
         }

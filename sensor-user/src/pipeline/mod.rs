@@ -65,6 +65,9 @@ pub struct Pipeline {
     /// Read-only opens left out by `agents.ignore_read_prefixes`.
     pub ignored_file_reads: u64,
     pub reported_losses: [u64; EVENT_KIND_COUNT as usize],
+    /// Reconciliation with agents' telemetry (stage 8); `None` when
+    /// `reconcile.enabled` is off.
+    pub reconcile: Option<crate::reconcile::Live>,
 }
 
 impl Pipeline {
@@ -135,7 +138,7 @@ impl Pipeline {
         fill: impl FnOnce(&mut Record<'_>),
     ) -> anyhow::Result<()> {
         self.table.lookup(key);
-        let Pipeline { table, stamper, sinks, agents, identity, .. } = self;
+        let Pipeline { table, stamper, sinks, agents, identity, reconcile, .. } = self;
         let process = table.get(&key).context("process vanished from the table")?;
         let clock = stamper.clock;
         let view = ProcessView::new(table, process, tid, &clock, table.start_ns(key));
@@ -148,6 +151,9 @@ impl Pipeline {
         record.agent = agent;
         fill(&mut record);
         sinks.write(&record)?;
+        if let Some(reconcile) = reconcile {
+            reconcile.observe(&record);
+        }
         Ok(())
     }
 

@@ -1,0 +1,119 @@
+//! The engine inside the daemon: records about agents in, reports from the
+//! ingest stage in, findings and summaries out as evidence records.
+
+use std::{io::Read as _, path::{Path, PathBuf}};
+
+use serde_json::{json, Value};
+
+use super::{Output, ReconcileConfig, Reconciler};
+use crate::{
+    evidence::{Clock, Record},
+    pipeline::Pipeline,
+    reconcile::report::Report,
+};
+
+/// Record kinds the engine reads; other records about agents are skipped
+/// before they are converted to JSON.
+const OBSERVED_KINDS: &[&str] = &["agent.detected", "tool.spawn", "process.exit", "agent.session_end", "file.open", "file.rename"];
+
+/// The engine with what the daemon needs around it.
+pub struct Live {
+    pub engine: Reconciler,
+    procfs: PathBuf,
+    read_trace_context: bool,
+    environ_max_bytes: usize,
+}
+
+impl Live {
+    pub fn new(config: ReconcileConfig, procfs: PathBuf) -> Live {
+        Live {
+            read_trace_context: config.read_trace_context,
+            environ_max_bytes: config.environ_max_bytes,
+            engine: Reconciler::new(config),
+            procfs,
+        }
+    }
+
+    /// Feeds a record the daemon just wrote, when it is about an agent.
+    pub fn observe(&mut self, record: &Record<'_>) {
+        if record.agent.is_none() || !OBSERVED_KINDS.contains(&record.head.kind) {
+            return;
+        }
+        match serde_json::to_value(record) {
+            Ok(value) => self.engine.observe(&value, record.head.time_unix_nano),
+            Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),
+        }
+    }
+
+    /// The `trace_context` section of a tool spawn, when the process's
+    /// environment carries a W3C `traceparent`.
+    pub fn trace_context(&self, pid: u32) -> Option<Value> {
+        if !self.read_trace_context {
+            return None;
+        }
+        read_trace_context(&self.procfs, pid, self.environ_max_bytes).map(|traceparent| json!({ "traceparent": traceparent }))
+    }
+}
+
+/// Reads `TRACEPARENT` (or `traceparent`) from `/proc/PID/environ`,
+/// reading at most `max_bytes`.
+///
+/// NOTE: the environment is read when the daemon handles the exec record,
+/// a few milliseconds after the exec. A process that has already exited
+/// has none to read, and one that changed its environment in place shows
+/// the change.
+pub fn read_trace_context(procfs: &Path, pid: u32, max_bytes: usize) -> Option<String> {
+    let file = std::fs::File::open(procfs.join(pid.to_string()).join("environ")).ok()?;
+    let mut bytes = Vec::with_capacity(max_bytes.min(8192));
+    file.take(max_bytes as u64).read_to_end(&mut bytes).ok()?;
+    bytes.split(|b| *b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(b"TRACEPARENT=").or_else(|| entry.strip_prefix(b"traceparent="))?;
+        let text = std::str::from_utf8(value).ok()?;
+        super::engine::parse_traceparent(text).map(|_| text.to_owned())
+    })
+}
+
+impl Pipeline {
+    /// The engine's clock: wall-clock Unix nanoseconds now.
+    fn reconcile_now(&self) -> u64 {
+        self.stamper.clock.wall_ns(Clock::boot_now_ns())
+    }
+
+    /// Hands reports from the ingest stage to the engine.
+    pub fn on_reports(&mut self, reports: Vec<Report>) {
+        let now = self.reconcile_now();
+        if let Some(live) = &mut self.reconcile {
+            for report in reports {
+                live.engine.report(report, now);
+            }
+        }
+    }
+
+    /// Decides due matches and writes the findings and summaries.
+    pub fn reconcile_tick(&mut self) -> anyhow::Result<()> {
+        let now = self.reconcile_now();
+        let outputs = match &mut self.reconcile {
+            Some(live) => live.engine.tick(now),
+            None => return Ok(()),
+        };
+        self.write_outputs(outputs)
+    }
+
+    /// Decides everything still pending, at shutdown.
+    pub fn reconcile_finish(&mut self) -> anyhow::Result<()> {
+        let now = self.reconcile_now();
+        let outputs = match &mut self.reconcile {
+            Some(live) => live.engine.finish(now),
+            None => return Ok(()),
+        };
+        self.write_outputs(outputs)
+    }
+
+    fn write_outputs(&mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
+        for output in outputs {
+            let head = self.stamper.head(output.kind, Clock::boot_now_ns());
+            self.sinks.write(&Record { sections: output.sections, ..Record::new(head) })?;
+        }
+        Ok(())
+    }
+}
