@@ -129,7 +129,7 @@ async fn forward_one(
         client.ready().await?;
         let response = client.send_request(http_request).await?;
         let status = response.status();
-        // Drain the answer so the connection can carry the next request.
+        // Drain the response so the connection can carry the next request.
         response.into_body().collect().await?;
         Ok::<_, hyper::Error>(status)
     };
@@ -158,7 +158,7 @@ async fn run(upstream: Upstream, mut queue: mpsc::Receiver<Forwarded>, stats: Ar
             }
             Ok(status) => {
                 IngestStats::bump(&stats.forward_rejected);
-                log::warn!("ingest: the upstream {}:{} answered {status}; the request is dropped", upstream.host, upstream.port);
+                log::warn!("ingest: the upstream {}:{} responded {status}; the request is dropped", upstream.host, upstream.port);
             }
             Err(error) => {
                 IngestStats::bump(&stats.forward_failed);

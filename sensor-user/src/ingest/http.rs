@@ -1,7 +1,7 @@
 //! The OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, in
 //! protobuf or JSON, on hyper's HTTP/1 server.
 //!
-//! Every request is answered, and every rejection is counted by reason:
+//! Every request gets a response, and every rejection is counted by reason:
 //! 404 for another path, 405 for another method, 415 for another content
 //! type or a compressed body, 413 for a body over `ingest.max_body_bytes`,
 //! 400 for a body that does not decode, 503 when the daemon loop is
@@ -36,7 +36,7 @@ use super::{
 };
 use crate::reconcile::report::{self, Report};
 
-/// What every connection task shares.
+/// State shared by every connection task.
 pub struct Shared {
     pub config: IngestConfig,
     pub procfs: PathBuf,
@@ -55,7 +55,7 @@ struct RpcStatus {
     message: String,
 }
 
-/// What is known about the sender of one connection.
+/// The sender of one connection, as far as it is known.
 #[derive(Debug, Default)]
 struct PeerState {
     inode: Option<u64>,

@@ -2,8 +2,8 @@
 //! to the daemon loop, and the same telemetry out to an upstream collector.
 //!
 //! - `http.rs`: an OTLP/HTTP receiver on loopback for `/v1/traces` and
-//!   `/v1/logs`, protobuf and JSON, bounded in body size and connections;
-//!   every rejected request is answered with its HTTP status and counted.
+//!   `/v1/logs`, protobuf and JSON, bounded in body size and connections.
+//!   Every rejected request gets its HTTP status and is counted.
 //! - `otlp.rs`: request bodies to the generated messages of
 //!   `opentelemetry-proto`, with a lenient reader for OTLP JSON.
 //! - `peer.rs`: which process sent a request, from the client's TCP port
@@ -64,7 +64,7 @@ pub struct IngestConfig {
     /// Requests waiting to be forwarded; beyond it they are dropped and
     /// counted in `forward_dropped`.
     pub upstream_queue: usize,
-    /// Milliseconds to connect to the upstream and get its answer.
+    /// Milliseconds to connect to the upstream and receive its response.
     pub upstream_timeout_ms: u64,
     /// JSON-lines files that agents write, with their field mapping.
     pub jsonl: Vec<JsonlSource>,
@@ -106,7 +106,7 @@ pub struct JsonlSource {
     /// is always read from its beginning.
     #[serde(default)]
     pub from_start: bool,
-    /// Where each field sits in a line (dotted paths).
+    /// Paths of the report fields in a line (dotted, into nested objects).
     #[serde(default)]
     pub fields: FieldMap,
 }
@@ -177,7 +177,7 @@ pub struct Ingest {
     /// Reports for the daemon loop.
     pub reports: mpsc::Receiver<Vec<Report>>,
     pub stats: Arc<IngestStats>,
-    /// Where the OTLP receiver listens, once bound.
+    /// Address the OTLP receiver listens on, once bound.
     pub listen: Option<SocketAddr>,
 }
 

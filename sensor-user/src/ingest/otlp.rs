@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 /// rejected, so a hostile body cannot recurse deeply.
 const MAX_VALUE_DEPTH: usize = 32;
 
-/// Why a request body could not be read.
+/// Errors of reading a request body.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
     #[error("invalid protobuf: {0}")]
@@ -93,7 +93,7 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// The value under the lowerCamelCase key or its snake_case form.
+    /// Returns the value under the lowerCamelCase key or its snake_case form.
     fn get(&self, camel: &str, snake: &str) -> Option<&'a Value> {
         self.map.get(camel).or_else(|| self.map.get(snake)).filter(|v| !v.is_null())
     }
@@ -106,7 +106,7 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// Each element of an array of objects.
+    /// Returns each element of an array of objects.
     fn objects(&self, camel: &str, snake: &str) -> Result<Vec<Object<'a>>, DecodeError> {
         let Some(value) = self.get(camel, snake) else { return Ok(Vec::new()) };
         let Value::Array(items) = value else { return Err(field_error(&self.path, camel, "expected an array")) };
@@ -141,7 +141,7 @@ impl<'a> Object<'a> {
         u32::try_from(value).map_err(|_| field_error(&self.path, camel, format!("{value} does not fit 32 bits")))
     }
 
-    /// An enum given as its number, a numeric string or its name.
+    /// Reads an enum given as its number, a numeric string or its name.
     fn enumeration(&self, camel: &str, snake: &str, by_name: fn(&str) -> Option<i32>) -> Result<i32, DecodeError> {
         match self.get(camel, snake) {
             None => Ok(0),
@@ -152,8 +152,8 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// A trace id (16 bytes) or span id (8 bytes): hex, or base64 of the
-    /// right length. An empty string is an absent id.
+    /// Reads a trace id (16 bytes) or span id (8 bytes): hex, or base64 of
+    /// the right length. An empty string is an absent id.
     fn id(&self, camel: &str, snake: &str, bytes: usize) -> Result<Vec<u8>, DecodeError> {
         let text = match self.get(camel, snake) {
             None => return Ok(Vec::new()),
@@ -276,8 +276,8 @@ fn key_value(object: &Object<'_>, depth: usize) -> Result<KeyValue, DecodeError>
     Ok(KeyValue { key: object.string("key", "key"), value, ..Default::default() })
 }
 
-/// An `AnyValue` object. A bare JSON scalar where an object is expected is
-/// not accepted here; `object()` has already rejected it with its path.
+/// Reads an `AnyValue` object. A bare JSON scalar in its place was already
+/// rejected, with its path, by `Object::object`.
 fn any_value(object: &Object<'_>, depth: usize) -> Result<AnyValue, DecodeError> {
     use any_value::Value as V;
     if depth > MAX_VALUE_DEPTH {

@@ -5,8 +5,8 @@
 //! client's address and port and whose remote address is the receiver's
 //! gives the socket's inode. The owner is the process with a
 //! `/proc/PID/fd` link to `socket:[INODE]`. The pid the telemetry claims
-//! (`process.pid`) is checked first, which costs one directory read; only
-//! when that fails are other processes searched, up to a bound.
+//! (`process.pid`) is checked first, at the cost of one directory read.
+//! Only when that fails are other processes searched, up to a bound.
 
 use std::{
     io::{BufRead as _, BufReader},

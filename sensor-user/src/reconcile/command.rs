@@ -1,8 +1,8 @@
 //! Comparison of a reported shell command with an observed command line.
 //!
 //! Agents report the command a shell tool ran as one string (`ls -la /tmp`,
-//! `cd src && make`); the kernel sees an argv, usually `bash -c CMD` or, for
-//! tools that exec directly, the words of the command. Both sides are
+//! `cd src && make`), while the kernel records an argv: usually `bash -c
+//! CMD`, or the words of the command for tools that exec directly. Both sides are
 //! brought to a comparable form: the `-c` string of a shell, or the argv
 //! against the reported command split into words as a POSIX shell would
 //! split a simple command (quotes and backslashes; no expansions).
@@ -10,7 +10,7 @@
 /// Shells whose `-c` argument is the command they run.
 const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ash", "ksh", "mksh", "fish", "busybox"];
 
-/// How well an observed argv agrees with a reported command.
+/// Degree of agreement between an observed argv and a reported command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Agreement {
     /// Only the program (first word) is the same.

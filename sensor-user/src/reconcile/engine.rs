@@ -8,10 +8,10 @@
 //!
 //! An observed action is a tool spawn whose ancestors are not tool spawns
 //! of the same agent: a shell tool's `bash -c` with every process it
-//! starts is one action. Matching is one to one and deterministic: every
-//! pending (report, action) pair of an agent gets a basis and a score, and
-//! pairs are taken best first (trace context, then command, then program
-//! or tool name, then time alone), nearest in time first among equals.
+//! starts is one action. Matching is one to one and deterministic. Every
+//! pending (report, action) pair of an agent gets a basis and a score.
+//! Pairs are taken best first (trace context, then command, then program
+//! or tool name, then time alone), and nearest in time among equals.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -38,7 +38,7 @@ const SUMMARY_MATCHES: usize = 100;
 /// late descendants and dropping repeated reports.
 const DECIDED_MEMORY: usize = 4096;
 
-/// A record the engine asks its caller to write.
+/// A record for the caller to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
     pub kind: &'static str,
@@ -125,6 +125,9 @@ struct AgentState {
     recent_actions: VecDeque<Value>,
     recent_reports: VecDeque<Value>,
     tallies: BTreeMap<String, Tally>,
+    /// When the agent's own process exited; its state is dropped once
+    /// everything about it is decided.
+    root_exited_ns: Option<u64>,
 }
 
 impl AgentState {
@@ -166,7 +169,7 @@ struct PidEntry {
     exited_ns: Option<u64>,
 }
 
-/// How a (report, action) pair agrees.
+/// Basis on which a report and an action agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Basis {
     TraceContext,
@@ -243,6 +246,12 @@ impl Reconciler {
             next_seq: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Returns how many agents the engine keeps state for.
+    #[cfg(test)]
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
     }
 
     fn grace_ns(&self) -> u64 {
@@ -363,6 +372,7 @@ impl Reconciler {
         }
         let is_root = pid.is_some() && pid == state.root_pid && exec_id.is_some();
         if is_root {
+            state.root_exited_ns = Some(time_ns);
             let sessions: Vec<String> = state.sessions.iter().map(|(_, s)| s.clone()).collect();
             for session in sessions {
                 state.tally(&session).ended.get_or_insert((time_ns, "agent_exit"));
@@ -510,7 +520,37 @@ impl Reconciler {
         for id in ids {
             self.decide_agent(&id, now_ns, all, &mut outputs);
         }
+        self.forget_finished(now_ns);
         outputs
+    }
+
+    /// Drops agents whose process exited and whose every action, report
+    /// and summary is decided, with the ways reports were tied to them, so
+    /// a long-running daemon does not keep them without bound.
+    fn forget_finished(&mut self, now_ns: u64) {
+        let linger = self.grace_ns().saturating_mul(2);
+        let finished: Vec<Arc<str>> = self
+            .agents
+            .iter()
+            .filter(|(_, state)| {
+                state.root_exited_ns.is_some_and(|exited| now_ns >= exited.saturating_add(linger))
+                    && state.actions.is_empty()
+                    && state.reports.is_empty()
+                    && state.tallies.values().all(|t| t.summarized)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if finished.is_empty() {
+            return;
+        }
+        for id in &finished {
+            self.agents.remove(id);
+        }
+        let gone = |agent: &Arc<str>| finished.contains(agent);
+        self.by_pid.retain(|_, entry| !gone(&entry.agent));
+        self.by_instance.retain(|_, agent| !gone(agent));
+        self.by_session.retain(|_, agent| !gone(agent));
+        self.by_file.retain(|_, agent| !gone(agent));
     }
 
     fn decide_agent(&mut self, id: &Arc<str>, now_ns: u64, all: bool, outputs: &mut Vec<Output>) {

@@ -45,8 +45,8 @@ impl Live {
         }
     }
 
-    /// The `trace_context` section of a tool spawn, when the process's
-    /// environment carries a W3C `traceparent`.
+    /// Builds the `trace_context` section of a tool spawn, when the
+    /// process's environment carries a W3C `traceparent`.
     pub fn trace_context(&self, pid: u32) -> Option<Value> {
         if !self.read_trace_context {
             return None;
@@ -74,7 +74,7 @@ pub fn read_trace_context(procfs: &Path, pid: u32, max_bytes: usize) -> Option<S
 }
 
 impl Pipeline {
-    /// The engine's clock: wall-clock Unix nanoseconds now.
+    /// Returns the engine's clock: wall-clock Unix nanoseconds now.
     fn reconcile_now(&self) -> u64 {
         self.stamper.clock.wall_ns(Clock::boot_now_ns())
     }

@@ -10,10 +10,10 @@
 //! as JSON, so the daemon and `agent-sensor reconcile` (`offline.rs`) run
 //! the same matching on the same data. `live.rs` connects it to the daemon.
 //!
-//! A report is tied to one agent: by the pid owning the socket it came in
-//! on, else its resource's `process.pid`, else a `service.instance.id` or
-//! session id seen earlier with one of those, else the agent that wrote the
-//! JSON-lines file it was read from.
+//! A report is tied to one agent. The pid owning the socket it came in on
+//! decides first, then its resource's `process.pid`. Without either, a
+//! `service.instance.id` or session id seen earlier with one of them
+//! decides, and last the agent that wrote the JSON-lines file.
 
 pub mod command;
 pub mod engine;

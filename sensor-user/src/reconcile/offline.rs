@@ -10,7 +10,7 @@
 //!
 //! The daemon decides each action after `reconcile.grace_ms`; when every
 //! report reached it within that window, both give the same findings. The
-//! offline run knows no socket peers, so it ties reports to agents by
+//! offline run has no socket owners, so it ties reports to agents by
 //! `process.pid`, `service.instance.id`, session id and file writer only.
 
 use std::{
@@ -102,7 +102,8 @@ pub fn run(
     Ok(engine.stats.clone())
 }
 
-/// An output as a JSON line: its kind, the decision time, its sections.
+/// Formats an output as a JSON line: its kind, the decision time, its
+/// sections.
 pub fn output_json(output: &Output) -> Value {
     let mut value = json!({
         "kind": output.kind,

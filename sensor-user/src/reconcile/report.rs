@@ -1,4 +1,4 @@
-//! What agents report about themselves, normalised into [`Report`]s.
+//! Agents' reports about themselves, normalised into [`Report`]s.
 //!
 //! Sources: OpenTelemetry GenAI spans (`execute_tool`, `invoke_agent`,
 //! chat), OTLP log records of agents that log tool decisions and results,
@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 
 use crate::ingest::otlp::hex_id;
 
-/// Longest argument text kept per report; longer text is cut, marked with
-/// `arguments_truncated`, and its command compared only on the kept part.
+/// Maximum argument text kept per report. Longer text is cut and marked
+/// with `arguments_truncated`, and its command is read from the kept part.
 pub const MAX_ARGUMENT_BYTES: usize = 8192;
 
-/// Where a report came from.
+/// Origin of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -31,7 +31,7 @@ pub enum Source {
     Mcp,
 }
 
-/// What a report says happened.
+/// Kind of event a report describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
@@ -67,7 +67,7 @@ pub struct Report {
     /// The agent's own session or conversation id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// The resource's `process.pid`: what the agent says its pid is.
+    /// The resource's `process.pid`: the pid the agent claims.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// The pid that owns the socket the request came in on.
@@ -88,7 +88,7 @@ pub struct Report {
     /// is `reconcile.point_window_ms` on both sides.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub point_in_time: bool,
-    /// A log event that says the tool was not run (a rejected decision).
+    /// A log event that reports the tool as not run (a rejected decision).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub declined: bool,
     /// The JSON-lines file the report was read from.
@@ -168,8 +168,8 @@ pub fn command_of(arguments: &Value) -> Option<String> {
     }
 }
 
-/// An attribute value as JSON: strings stay strings, so JSON-in-a-string
-/// arguments are parsed later by [`command_of`].
+/// Converts an attribute value to JSON. Strings stay strings, so arguments
+/// sent as JSON text are parsed later by [`command_of`].
 pub fn any_to_json(value: &AnyValue) -> Value {
     use any_value::Value as V;
     match &value.value {
@@ -199,7 +199,7 @@ impl<'a> Attributes<'a> {
         })
     }
 
-    /// A scalar attribute as text; numbers and booleans are printed.
+    /// Returns a scalar attribute as text, with numbers and booleans printed.
     fn text(&self, keys: &[&str]) -> Option<String> {
         use any_value::Value as V;
         match &self.find(keys)?.value {
@@ -379,8 +379,8 @@ pub fn from_logs(request: &ExportLogsServiceRequest, now_ns: u64) -> Vec<Report>
     reports
 }
 
-/// Where each report field sits in a JSON-lines object: dotted paths into
-/// nested objects, such as `payload.tool.name`.
+/// Paths of the report fields in a JSON-lines object, dotted into nested
+/// objects, such as `payload.tool.name`.
 #[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FieldMap {
@@ -395,11 +395,11 @@ pub struct FieldMap {
     /// The shell command, when the log has it outside the arguments.
     pub command: String,
     /// The event time: RFC 3339 text, or a number of Unix seconds,
-    /// milliseconds, microseconds or nanoseconds (told apart by size).
+    /// milliseconds, microseconds or nanoseconds (recognised by magnitude).
     pub timestamp: String,
     /// The pid of the agent process that wrote the line.
     pub pid: String,
-    /// A field that holds an MCP JSON-RPC message, besides the line itself.
+    /// A field that contains an MCP JSON-RPC message, besides the line itself.
     pub mcp_message: String,
 }
 
@@ -434,7 +434,7 @@ fn text_of(value: &Value) -> Option<String> {
 }
 
 /// Reads a timestamp: RFC 3339 text, or Unix time in seconds,
-/// milliseconds, microseconds or nanoseconds, told apart by magnitude.
+/// milliseconds, microseconds or nanoseconds, recognised by magnitude.
 pub fn timestamp_ns(value: &Value) -> Option<u64> {
     let number = match value {
         Value::Number(number) => number.as_f64()?,

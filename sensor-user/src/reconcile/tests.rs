@@ -329,7 +329,7 @@ fn three_of_four_reported() {
     assert!(engine.tick(T0 + 2 * SEC).is_empty(), "nothing is decided inside the grace window");
     let end = T0 + 5 * SEC;
     engine.observe(&agent.root_exit(end), end);
-    let outputs = engine.tick(end + 2 * SEC);
+    let outputs = engine.tick(end + 1500 * MS);
     let unreported = kinds(&outputs, "finding.unreported_action");
     assert_eq!(unreported.len(), 1, "{outputs:#?}");
     assert_eq!(unreported[0]["process"]["argv"], json!(["sh", "-c", "uname -a"]));
@@ -342,6 +342,9 @@ fn three_of_four_reported() {
     assert_eq!(summary[0]["reconcile"]["matched_by"]["command"], 3);
     assert_eq!(summary[0]["reconcile"]["ended_by"], "agent_exit");
     assert_eq!(engine.stats.matched, 3);
+    assert_eq!(engine.agent_count(), 1, "kept for late reports");
+    assert!(engine.tick(end + 10 * SEC).is_empty());
+    assert_eq!(engine.agent_count(), 0, "an exited agent whose every decision is written is dropped");
 }
 
 #[test]
@@ -382,8 +385,8 @@ fn interleaved_agents_never_cross() {
     let mut engine = Reconciler::new(config());
     engine.observe(&a.detected(T0), T0);
     engine.observe(&b.detected(T0), T0);
-    // Both run the same commands, interleaved 100 ms apart; only A reports,
-    // and its reports are nearer in time to B's processes than to its own.
+    // Both run the same commands, interleaved 100 ms apart, and only A
+    // reports. A's reports are nearer in time to B's processes than to A's.
     for i in 0..3u64 {
         let base = T0 + (i + 1) * SEC;
         engine.observe(&a.spawn(110 + i as u32, &["sh", "-c", "make"], None, base), base);
