@@ -17,6 +17,13 @@ pub const ARGV_CAPACITY: usize = 8192;
 pub const FILENAME_CAPACITY: usize = 256;
 /// Bytes of the executable's file name (its dentry name, not a full path).
 pub const EXE_NAME_CAPACITY: usize = 64;
+/// Bytes of the executable's path, built in the kernel from its dentry
+/// chain as NUL-terminated components, leaf first.
+pub const EXE_PATH_CAPACITY: usize = 512;
+/// Bytes read per path component; longer names are cut and flagged.
+pub const EXE_PATH_COMPONENT: usize = 64;
+/// Components walked per path before the walk stops and flags truncation.
+pub const EXE_PATH_MAX_COMPONENTS: usize = 24;
 /// Length of `task_struct::comm`.
 pub const COMM_LEN: usize = 16;
 /// Bytes of a socket address copied from a `connect` call: a `sockaddr_in6`.
@@ -100,6 +107,10 @@ pub const EXEC_FLAG_EXE_UNLINKED: u32 = 1 << 2;
 pub const EXEC_FLAG_NO_PIDNS: u32 = 1 << 3;
 /// The exec path in `filename` was cut at [`FILENAME_CAPACITY`].
 pub const EXEC_FLAG_FILENAME_TRUNCATED: u32 = 1 << 4;
+/// `exe_path` holds the executable's full path, from root to leaf.
+pub const EXEC_FLAG_EXE_PATH: u32 = 1 << 5;
+/// `exe_path` was cut: too deep, too long, or a component too long.
+pub const EXEC_FLAG_EXE_PATH_TRUNCATED: u32 = 1 << 6;
 
 /// A successful exec, taken at `sched_process_exec` after the new image is
 /// set up, so `argv` is read from the new process's memory and is complete
@@ -135,10 +146,16 @@ pub struct ExecEvent {
     /// `argv_len`.
     pub argv_total_len: u32,
     pub filename_len: u32,
-    pub _pad: u32,
+    /// Bytes of `exe_path` used.
+    pub exe_path_len: u32,
     pub comm: [u8; COMM_LEN],
     pub exe_name: [u8; EXE_NAME_CAPACITY],
     pub filename: [u8; FILENAME_CAPACITY],
+    /// The executable's path components from its dentry chain, each
+    /// NUL-terminated, leaf first, crossing mount points up to the
+    /// process's mount namespace root; one component of spare room lets
+    /// the programs write a component at any offset below the capacity.
+    pub exe_path: [u8; EXE_PATH_CAPACITY + EXE_PATH_COMPONENT],
     /// NUL-separated arguments, as laid out by the kernel in the new image.
     pub argv: [u8; ARGV_CAPACITY],
 }
@@ -157,6 +174,10 @@ pub struct ForkEvent {
     pub child_tid: u32,
     pub parent_start_time_ns: u64,
     pub cgroup_id: u64,
+    /// The child's pid in its own pid namespace, which differs from the
+    /// parent's namespace after `clone(CLONE_NEWPID)`; 0 when unreadable.
+    pub ns_pid: u32,
+    pub pid_ns_inum: u32,
 }
 
 /// The kernel's tracepoint carries no group-dead argument, so the record was
@@ -382,6 +403,14 @@ pub struct KernelOffsets {
     pub upid_ns: u32,
     pub pidns_inum: u32,
 
+    pub path_ok: u32,
+    pub file_vfsmount: u32,
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub dentry_parent: u32,
+
     pub socket_ok: u32,
     pub task_files: u32,
     pub files_fdt: u32,
@@ -495,12 +524,12 @@ pub struct ConnectArgs {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 112 + 16 + 64 + 256 + ARGV_CAPACITY);
-const _: () = assert!(core::mem::size_of::<ForkEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 112 + 16 + 64 + 256 + EXE_PATH_CAPACITY + EXE_PATH_COMPONENT + ARGV_CAPACITY);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 45 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
 const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());

@@ -108,6 +108,19 @@ static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
 static TLS_FDS: LruHashMap<[u64; 2], i32> = LruHashMap::with_max_entries(16384, 0);
 
 const EINPROGRESS: i32 = 115;
+const EINTR: i32 = 4;
+/// Kernel-internal restart codes (ERESTARTSYS to ERESTART_RESTARTBLOCK)
+/// that a syscall exit tracepoint sees when a signal interrupts connect;
+/// the caller sees EINTR or a restarted call.
+const ERESTART_FIRST: i32 = 512;
+const ERESTART_LAST: i32 = 516;
+
+/// Returns whether a connect's TCP handshake goes on after the syscall
+/// returned `result`: in progress, or interrupted by a signal.
+#[inline(always)]
+fn handshake_continues(result: i32) -> bool {
+    result == -EINPROGRESS || result == -EINTR || (-ERESTART_LAST..=-ERESTART_FIRST).contains(&result)
+}
 const AT_FDCWD: i32 = -100;
 const DNS_PORT: u16 = 53;
 /// Datagrams copied per DNS socket before the kernel stops watching it.
@@ -117,17 +130,22 @@ const TCP_SYN_SENT: i32 = 2;
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
 
+/// Returns the offsets by reference, so no program copies all of them
+/// onto its 512-byte stack.
 #[inline(always)]
-fn offsets() -> KernelOffsets {
-    // SAFETY: OFFSETS is a plain static; the volatile read keeps the compiler
-    // from folding in the zero initialiser that the loader replaces.
-    unsafe { read_volatile(&OFFSETS) }
+fn offsets() -> &'static KernelOffsets {
+    let pointer: *const KernelOffsets = &OFFSETS;
+    // SAFETY: the volatile read of the pointer hides its target from the
+    // compiler, which would otherwise fold in the zero initialiser that the
+    // loader replaces; the pointer itself is a valid static's address.
+    unsafe { &*read_volatile(&pointer) }
 }
 
 #[inline(always)]
-fn config() -> ProgramConfig {
+fn config() -> &'static ProgramConfig {
+    let pointer: *const ProgramConfig = &CONFIG;
     // SAFETY: as for `offsets`.
-    unsafe { read_volatile(&CONFIG) }
+    unsafe { &*read_volatile(&pointer) }
 }
 
 #[inline(always)]
@@ -324,26 +342,91 @@ fn read_exe_and_argv(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg:
         // SAFETY: the helper validates the source address.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut event.exe_name) };
     }
+    event.exe_path_len = 0;
+    if off.path_ok != 0 && dentry != 0 {
+        walk_exe_path(event, exe_file, dentry, off);
+    }
+}
+
+/// Builds the executable's path from its dentry chain, crossing mount
+/// points, because a process that exits at once leaves no /proc/PID/exe for
+/// the daemon to read.
+fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, mut dentry: u64, off: &KernelOffsets) {
+    let vfsmount: u64 = read_kernel(exe_file, off.file_vfsmount);
+    let mut mount = vfsmount.wrapping_sub(off.mount_mnt as u64);
+    let mut used: u64 = 0;
+    let mut complete = false;
+    for _ in 0..EXE_PATH_MAX_COMPONENTS {
+        let mount_root: u64 = read_kernel(mount + off.mount_mnt as u64, off.vfsmount_root);
+        let parent: u64 = read_kernel(dentry, off.dentry_parent);
+        if dentry == mount_root || dentry == parent {
+            let parent_mount: u64 = read_kernel(mount, off.mount_parent);
+            if parent_mount == mount || parent_mount == 0 {
+                complete = true;
+                break;
+            }
+            dentry = read_kernel(mount, off.mount_mountpoint);
+            mount = parent_mount;
+            continue;
+        }
+        let name: u64 = read_kernel(dentry, off.dentry_name);
+        let at = (used & (EXE_PATH_CAPACITY as u64 - 1)) as usize;
+        if used >= EXE_PATH_CAPACITY as u64 {
+            break;
+        }
+        // SAFETY: `at` is below EXE_PATH_CAPACITY and the buffer has one
+        // component of spare room, so the copy stays in bounds; the helper
+        // validates the source.
+        let copied = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+                event.exe_path.as_mut_ptr().add(at).cast(),
+                EXE_PATH_COMPONENT as u32,
+                name as *const _,
+            )
+        };
+        if copied <= 0 {
+            break;
+        }
+        if copied as usize >= EXE_PATH_COMPONENT {
+            event.header.flags |= EXEC_FLAG_EXE_PATH_TRUNCATED;
+        }
+        used += copied as u64;
+        dentry = parent;
+    }
+    event.exe_path_len = used.min(EXE_PATH_CAPACITY as u64) as u32;
+    if complete && used > 0 {
+        event.header.flags |= EXEC_FLAG_EXE_PATH;
+    } else if used > 0 {
+        event.header.flags |= EXEC_FLAG_EXE_PATH_TRUNCATED;
+    }
 }
 
 fn read_pid_namespace(event: &mut ExecEvent, task: u64, off: &KernelOffsets) {
-    event.ns_pid = 0;
-    event.pid_ns_inum = 0;
-    if off.pidns_ok == 0 {
+    let (ns_pid, inum) = pid_in_namespace(task, off);
+    event.ns_pid = ns_pid;
+    event.pid_ns_inum = inum;
+    if ns_pid == 0 {
         event.header.flags |= EXEC_FLAG_NO_PIDNS;
-        return;
+    }
+}
+
+/// Returns a task's pid in its own pid namespace and that namespace's
+/// inode number, zeros when unreadable.
+fn pid_in_namespace(task: u64, off: &KernelOffsets) -> (u32, u32) {
+    if off.pidns_ok == 0 {
+        return (0, 0);
     }
     let pid: u64 = read_kernel(task, off.task_thread_pid);
+    if pid == 0 {
+        return (0, 0);
+    }
     let level: u32 = read_kernel(pid, off.pid_level);
     // Nesting is capped at 32 levels by the kernel.
     let level = (level & 63) as u64;
     let upid = pid + off.pid_numbers as u64 + level * off.upid_size as u64;
-    event.ns_pid = read_kernel::<i32>(upid, off.upid_nr) as u32;
+    let ns_pid = read_kernel::<i32>(upid, off.upid_nr) as u32;
     let ns: u64 = read_kernel(upid, off.upid_ns);
-    event.pid_ns_inum = read_kernel(ns, off.pidns_inum);
-    if pid == 0 || event.ns_pid == 0 {
-        event.header.flags |= EXEC_FLAG_NO_PIDNS;
-    }
+    (ns_pid, read_kernel(ns, off.pidns_inum))
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -364,6 +447,7 @@ fn try_fork(ctx: &RawTracePointContext) {
     }
     let child_leader: u64 = read_kernel(child, off.task_group_leader);
     let parent_leader: u64 = read_kernel(parent, off.task_group_leader);
+    let (ns_pid, pid_ns_inum) = pid_in_namespace(child, &off);
     let event = ForkEvent {
         header: EventHeader {
             kind: EventKind::Fork as u32,
@@ -380,6 +464,8 @@ fn try_fork(ctx: &RawTracePointContext) {
         // SAFETY: the helper has no preconditions; the child inherits the
         // parent's cgroup, and the parent is the current task here.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        ns_pid,
+        pid_ns_inum,
     };
     if !is_thread {
         let parent_tgid = event.parent_pid;
@@ -465,13 +551,13 @@ fn try_enter_connect(ctx: &TracePointContext) {
     }
     args.family = u16::from_ne_bytes([args.sockaddr[0], args.sockaddr[1]]);
     if args.family == AF_INET6 {
-        if addr_len < SOCKADDR_CAPACITY as u32 {
+        // The kernel accepts a 24-byte sockaddr_in6 without sin6_scope_id
+        // (the RFC 2133 layout), so only those 24 bytes may be read.
+        if addr_len < 24 {
             return;
         }
-        // SAFETY: as above; addr_len shows the caller passed 28 bytes.
-        unsafe {
-            bpf_probe_read_user(args.sockaddr.as_mut_ptr().cast(), SOCKADDR_CAPACITY as u32, uaddr as *const _)
-        };
+        // SAFETY: as above; addr_len shows the caller passed at least 24 bytes.
+        unsafe { bpf_probe_read_user(args.sockaddr.as_mut_ptr().cast(), 24, uaddr as *const _) };
     } else if args.family != AF_INET {
         return;
     }
@@ -557,7 +643,7 @@ fn try_exit_connect(ctx: &TracePointContext) {
     event.header.flags = args.flags;
 
     if args.sock != 0 && args.sock_type == SOCK_STREAM {
-        if result == -EINPROGRESS {
+        if handshake_continues(result) {
             if let Some(pending) = PENDING_CONNECTS.get_ptr_mut(&args.sock) {
                 // SAFETY: the pointer is to a live map value; a concurrent
                 // handshake update races only on plain integer fields.
@@ -577,7 +663,7 @@ fn try_exit_connect(ctx: &TracePointContext) {
             let _ = PENDING_CONNECTS.remove(&args.sock);
         }
     }
-    if result == 0 || result == -EINPROGRESS {
+    if result == 0 || handshake_continues(result) {
         watch_socket(pid_tgid, &args);
     }
     output(EventKind::Connect, &event);

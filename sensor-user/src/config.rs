@@ -462,16 +462,35 @@ impl Config {
 }
 
 fn parse_problem(text: &str, error: &toml::de::Error) -> ConfigProblem {
-    let line = error.span().map(|span| line_of_offset(text, span.start));
+    let offset = error.span().map(|span| span.start);
+    let line = offset.map(|offset| line_of_offset(text, offset));
     // The parser's message repeats the position and a source excerpt; the
     // last line is the reason itself.
     let message = error.message().lines().last().unwrap_or("invalid TOML").trim().to_owned();
-    let key = error
-        .span()
-        .map(|span| text.get(span.clone()).unwrap_or("").trim().to_owned())
-        .filter(|excerpt| !excerpt.is_empty() && !excerpt.contains('\n'))
-        .unwrap_or_else(|| "(document)".to_owned());
+    let key = line.and_then(|line| key_on_line(text, line)).unwrap_or_else(|| "(document)".to_owned());
     ConfigProblem { key, line, message }
+}
+
+/// Names the key written on 1-based `line` with its section, such as
+/// `output.stdout`, or the table a section header opens.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let current = lines.get(line.checked_sub(1)?)?.trim();
+    if let Some(header) = current.strip_prefix('[') {
+        return Some(header.trim_start_matches('[').trim_end_matches(']').trim().to_owned());
+    }
+    let name = current.split_once('=').map_or(current, |(name, _)| name).trim();
+    if name.is_empty() {
+        return None;
+    }
+    let section = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[').map(|h| h.trim_start_matches('[').trim_end_matches(']').trim().to_owned())
+    });
+    Some(match section {
+        Some(section) => format!("{section}.{name}"),
+        None => name.to_owned(),
+    })
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
@@ -518,7 +537,7 @@ mod tests {
         let problems = Config::parse("[probes]\nargv_max_bytes = 100\nring_bufer_bytes = 4096\n").unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, Some(3));
-        assert_eq!(problems[0].key, "ring_bufer_bytes");
+        assert_eq!(problems[0].key, "probes.ring_bufer_bytes");
         assert!(problems[0].message.contains("unknown field"), "{}", problems[0].message);
     }
 
@@ -526,18 +545,25 @@ mod tests {
     fn wrong_type_names_line() {
         let problems = Config::parse("[output]\n\nstdout = \"yes\"\n").unwrap_err();
         assert_eq!(problems[0].line, Some(3));
+        assert_eq!(problems[0].key, "output.stdout");
         assert!(problems[0].message.contains("bool"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn missing_value_names_key() {
+        let problems = Config::parse("[probes]\nargv_max_bytes =\n").unwrap_err();
+        assert_eq!(problems[0].key, "probes.argv_max_bytes");
+        assert_eq!(problems[0].line, Some(2));
     }
 
     #[test]
     fn range_problems_reported_together() {
         let text = "[probes]\nring_buffer_bytes = 5000\nargv_max_bytes = 9000\n";
         let problems = Config::parse(text).unwrap_err();
-        assert_eq!(problems.len(), 2);
-        assert_eq!(problems[0].key, "probes.ring_buffer_bytes");
-        assert_eq!(problems[0].line, Some(2));
-        assert_eq!(problems[1].key, "probes.argv_max_bytes");
-        assert_eq!(problems[1].line, Some(3));
+        let find = |key: &str| problems.iter().find(|p| p.key == key).unwrap_or_else(|| panic!("no problem for {key}: {problems:?}"));
+        assert_eq!(find("probes.ring_buffer_bytes").line, Some(2));
+        assert_eq!(find("probes.argv_max_bytes").line, Some(3));
+        assert!(find("probes.wakeup_bytes").message.contains("half"), "the default wakeup no longer fits the smaller ring");
     }
 
     #[test]

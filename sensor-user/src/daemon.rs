@@ -43,8 +43,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let fingerprint_key = load_or_create_key(&config.llm.fingerprint_key_path)?;
     let uprobes_loaded = !probes.report.degraded.iter().any(|d| probes::UPROBE_PROGRAMS.contains(&d.hook.as_str()));
     let boot_prefix: String = boot_id.chars().take(8).collect();
+    let argv_capability = !probes.report.degraded.iter().any(|d| d.hook == "exec.argv_and_exe");
     let mut pipeline = Pipeline {
-        table: ProcessTable::new(config.process.clone(), boot_prefix.clone()),
+        table: {
+            // Redaction placeholders share the LLM stage's key, so an argv's
+            // `[REDACTED:...]` matches that stage's credential fingerprints.
+            let redactor = crate::redact::Redactor::new(&fingerprint_key);
+            let mut table = ProcessTable::new(config.process.clone(), boot_prefix.clone(), redactor);
+            table.argv_capability = argv_capability;
+            table
+        },
         pending: PendingConnects::default(),
         stamper,
         sinks,

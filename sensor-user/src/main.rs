@@ -13,6 +13,7 @@ mod pipeline;
 mod probes;
 mod process;
 mod reconcile;
+mod redact;
 mod sinks;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -97,6 +98,23 @@ enum Command {
         #[arg(long)]
         public: PathBuf,
     },
+}
+
+/// Joins an error's cause chain on one line, leaving out a cause whose text
+/// its parent already repeats (some library errors print their source).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -187,8 +205,7 @@ fn main() -> ExitCode {
             match runtime.block_on(daemon::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    // `{:#}` prints the whole cause chain on one line.
-                    eprintln!("error: {error:#}");
+                    eprintln!("error: {}", one_line(&error));
                     ExitCode::FAILURE
                 }
             }

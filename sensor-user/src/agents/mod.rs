@@ -351,7 +351,7 @@ mod tests {
 
     fn process(pid: u32, exe: &str) -> Process {
         Process {
-            key: ProcKey { pid, start_ticks: 1 },
+            key: ProcKey { pid, start_ns: 1 },
             ppid: 1,
             parent: None,
             exec_id: format!("b:{pid}:1:1").into(),
@@ -364,6 +364,7 @@ mod tests {
             gid: Some(1000),
             comm: String::new(),
             exe: ExeInfo { path: Some(exe.to_owned()), ..Default::default() },
+            exe_name: None,
             exec_path: None,
             argv: Some(vec![exe.to_owned()].into()),
             argv_truncated: false,
@@ -373,6 +374,7 @@ mod tests {
             fileless: false,
             exited_ns: None,
             unknown: Vec::new(),
+            redactions: Vec::new(),
         }
     }
 
@@ -404,7 +406,7 @@ mod tests {
         let (_, changes) = agents.detect(&process(10, "/usr/bin/python3"), sni("api.openai.com"), 0);
         assert!(changes.detected);
         assert!(!changes.shadow_finding);
-        let agent = agents.agent_of(&ProcKey { pid: 10, start_ticks: 1 }).unwrap();
+        let agent = agents.agent_of(&ProcKey { pid: 10, start_ns: 1 }).unwrap();
         assert_eq!(agent.name.as_deref(), Some("support-bot"));
     }
 
@@ -421,8 +423,8 @@ mod tests {
         let mut agents = Agents::new(AgentsConfig::default(), "b".into());
         let parent = process(10, "/usr/bin/node");
         let (root, _) = agents.detect(&parent, sni("api.anthropic.com"), 0);
-        let child = ProcKey { pid: 11, start_ticks: 2 };
-        let grandchild = ProcKey { pid: 12, start_ticks: 3 };
+        let child = ProcKey { pid: 11, start_ns: 2 };
+        let grandchild = ProcKey { pid: 12, start_ns: 1 };
         agents.on_fork(child, root);
         agents.on_fork(grandchild, child);
         assert_eq!(agents.tool_spawn_root(&grandchild), Some(root));

@@ -103,7 +103,8 @@ impl Pipeline {
             }
             KernelEvent::Fork(fork) => {
                 let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);
-                self.table.on_fork(key, parent, header.start_time_ns, fork.cgroup_id);
+                let pid_ns = (fork.ns_pid != 0).then_some((fork.ns_pid, fork.pid_ns_inum));
+                self.table.on_fork(key, parent, header.start_time_ns, fork.cgroup_id, pid_ns);
                 self.agents.on_fork(key, parent);
                 self.track_new_member(key);
                 self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
@@ -217,8 +218,8 @@ impl Pipeline {
             let network = crate::evidence::NetworkView {
                 protocol: pending.protocol,
                 destination: pending.destination,
-                result: "EINPROGRESS",
-                errno: Some(115),
+                result: crate::net::result_name(pending.syscall_result),
+                errno: Some(-pending.syscall_result),
                 outcome: Some("unknown"),
                 connect_id: None,
                 fd: None,

@@ -60,6 +60,7 @@ impl Pipeline {
             Some(if connect.async_result == 0 { "established" } else { net::result_name(connect.async_result) })
         } else if header.flags & CONNECT_FLAG_PENDING != 0 {
             let pending = PendingConnect {
+                syscall_result: connect.result,
                 pid: header.pid,
                 start_time_ns: header.start_time_ns,
                 destination: destination.clone(),
@@ -161,11 +162,12 @@ impl Pipeline {
 
     pub(super) fn on_connect_result(&mut self, key: ProcKey, result: &ConnectResultEvent) -> anyhow::Result<()> {
         let pending = self.pending.take(result.header.pid, result.connect_id);
+        let syscall_result = pending.as_ref().map_or(-115, |p| p.syscall_result);
         let network = NetworkView {
             protocol: pending.as_ref().map_or("tcp", |p| p.protocol),
             destination: pending.and_then(|p| p.destination),
-            result: "EINPROGRESS",
-            errno: Some(115),
+            result: net::result_name(syscall_result),
+            errno: Some(-syscall_result),
             outcome: Some(if result.result == 0 { "established" } else { net::result_name(result.result) }),
             connect_id: Some(result.connect_id),
             fd: None,

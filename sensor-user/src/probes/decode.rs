@@ -9,7 +9,7 @@ use core::mem::{offset_of, size_of};
 
 use sensor_common::{
     ConnectEvent, ConnectResultEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, ForkEvent,
-    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, FILENAME_CAPACITY, PATH_CAPACITY,
+    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, EXE_PATH_CAPACITY, FILENAME_CAPACITY, PATH_CAPACITY,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +40,8 @@ pub struct Exec<'a> {
     pub exe_dev: u32,
     pub exe_nlink: u32,
     pub argv_total_len: u32,
+    /// Path components from the kernel's dentry walk, leaf first.
+    pub exe_path: &'a [u8],
     pub comm: &'a [u8],
     pub exe_name: &'a [u8],
     pub filename: &'a [u8],
@@ -128,6 +130,21 @@ fn read<T: Copy>(bytes: &[u8], offset: usize) -> Result<T, DecodeError> {
 fn c_str(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
+}
+
+/// Joins the kernel's leaf-first, NUL-terminated path components into an
+/// absolute path.
+pub fn join_exe_path(components: &[u8]) -> Option<String> {
+    let parts: Vec<&[u8]> = components.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let mut path = String::new();
+    for part in parts.iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(part));
+    }
+    Some(path)
 }
 
 /// Decodes one ring buffer record.
@@ -231,6 +248,10 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec<'_>, DecodeError> {
         exe_dev: read(bytes, offset_of!(ExecEvent, exe_dev))?,
         exe_nlink: read(bytes, offset_of!(ExecEvent, exe_nlink))?,
         argv_total_len: read(bytes, offset_of!(ExecEvent, argv_total_len))?,
+        exe_path: {
+            let len = (read::<u32>(bytes, offset_of!(ExecEvent, exe_path_len))? as usize).min(EXE_PATH_CAPACITY);
+            field(offset_of!(ExecEvent, exe_path), len)
+        },
         comm: c_str(field(offset_of!(ExecEvent, comm), COMM_LEN)),
         exe_name: c_str(field(offset_of!(ExecEvent, exe_name), EXE_NAME_CAPACITY)),
         filename: c_str(field(offset_of!(ExecEvent, filename), filename_len)),
@@ -299,6 +320,13 @@ mod tests {
         assert_eq!(decoded.parent_pid, 3);
         assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Short { .. })));
         assert!(matches!(decode(&bytes[..4]), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
+    fn exe_path_components_join() {
+        assert_eq!(join_exe_path(b"true\0bin\0usr\0").as_deref(), Some("/usr/bin/true"));
+        assert_eq!(join_exe_path(b"x\0").as_deref(), Some("/x"));
+        assert_eq!(join_exe_path(b""), None);
     }
 
     #[test]

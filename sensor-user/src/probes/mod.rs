@@ -168,14 +168,19 @@ impl Probes {
         }
         let mut report = StartReport::default();
         raise_memlock_limit();
-        match mounts::ensure_tracefs(&config.tracefs_path) {
-            Ok(Some(note)) => report.mounted.push(note),
-            Ok(None) => {}
-            Err(error) => report.degraded.push(Degraded {
-                hook: "tracefs".to_owned(),
-                reason: format!("{error:#}; tracepoint hooks cannot attach"),
-            }),
-        }
+        // aya finds a tracefs mounted elsewhere by itself, so a failed mount
+        // is reported only if tracepoints then fail to attach.
+        let tracefs_error = match mounts::ensure_tracefs(&config.tracefs_path) {
+            Ok(Some(note)) => {
+                report.mounted.push(note);
+                None
+            }
+            Ok(None) => None,
+            Err(error) => {
+                log::warn!("{}", error_chain(&error));
+                Some(error_chain(&error))
+            }
+        };
         match mounts::ensure_bpffs(&config.bpffs_path) {
             Ok(Some(note)) => report.mounted.push(note),
             Ok(None) => {}
@@ -197,7 +202,13 @@ impl Probes {
                     reason: "sched_process_exit has no group_dead field on this kernel, so exits are reported when the thread-group leader exits".to_owned(),
                 }),
             },
-            Err(error) => log::warn!("cannot read {}: {error}", exit_format.display()),
+            Err(error) => report.degraded.push(Degraded {
+                hook: "process.exit_group_dead".to_owned(),
+                reason: format!(
+                    "cannot read {}: {error}, so exits are reported when the thread-group leader exits",
+                    exit_format.display()
+                ),
+            }),
         }
 
         let program_config = ProgramConfig {
@@ -242,6 +253,10 @@ impl Probes {
                     }
                 }
             }
+        }
+        let tracepoint_failed = report.degraded.iter().any(|d| d.reason.contains("attach"));
+        if let (Some(error), true) = (tracefs_error, tracepoint_failed) {
+            report.degraded.push(Degraded { hook: "tracefs".to_owned(), reason: format!("{error}; tracepoint hooks cannot attach") });
         }
         for program in UPROBE_PROGRAMS {
             let loaded = match ebpf.program_mut(program) {

@@ -27,8 +27,9 @@ pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffs
     resolve_task(btf, &mut offsets).map_err(TaskOffsetsMissing)?;
     offsets.task_ok = 1;
 
-    let groups: [(&'static str, fn(&Btf, &mut KernelOffsets) -> Result<(), BtfError>, fn(&mut KernelOffsets)); 3] = [
+    let groups: [(&'static str, fn(&Btf, &mut KernelOffsets) -> Result<(), BtfError>, fn(&mut KernelOffsets)); 4] = [
         ("exec.argv_and_exe", resolve_mm, |o| o.mm_ok = 1),
+        ("exec.exe_path", resolve_path_walk, |o| o.path_ok = 1),
         ("process.pid_namespace", resolve_pidns, |o| o.pidns_ok = 1),
         ("net.socket_type", resolve_socket, |o| o.socket_ok = 1),
     ];
@@ -63,6 +64,16 @@ fn resolve_mm(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
     o.inode_sb = btf.member_offset("inode", "i_sb")?;
     o.inode_nlink = btf.member_offset("inode", "__i_nlink")?;
     o.sb_dev = btf.member_offset("super_block", "s_dev")?;
+    Ok(())
+}
+
+fn resolve_path_walk(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.file_vfsmount = btf.member_offset("file", "f_path.mnt")?;
+    o.vfsmount_root = btf.member_offset("vfsmount", "mnt_root")?;
+    o.mount_mnt = btf.member_offset("mount", "mnt")?;
+    o.mount_parent = btf.member_offset("mount", "mnt_parent")?;
+    o.mount_mountpoint = btf.member_offset("mount", "mnt_mountpoint")?;
+    o.dentry_parent = btf.member_offset("dentry", "d_parent")?;
     Ok(())
 }
 

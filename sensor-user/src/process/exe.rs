@@ -65,42 +65,56 @@ impl ExeResolver {
         Self { procfs, max_hash_bytes, cache: HashMap::new(), max_cache_entries: 8192 }
     }
 
-    /// Resolves a process's executable from its live `/proc` entry, falling
-    /// back to `exec_path` when it names the inode the kernel reported.
-    pub fn resolve(&mut self, pid: u32, kernel: KernelExe, exec_path: Option<&str>) -> ExeInfo {
+    /// Resolves a process's executable, in order of trust: its live
+    /// `/proc/PID/exe`, then the path the kernel built from the dentry chain
+    /// (`kernel_path`), then the exec path, each only when it still names
+    /// the inode the kernel reported.
+    pub fn resolve(&mut self, pid: u32, kernel: KernelExe, kernel_path: Option<&str>, exec_path: Option<&str>) -> ExeInfo {
         let link = self.procfs.join(pid.to_string()).join("exe");
+        // The link is read before the open: a process that exits in between
+        // still leaves the path, and the open then fails cleanly.
+        let link_path = std::fs::read_link(&link).ok().map(|p| {
+            let text = p.to_string_lossy().into_owned();
+            text.strip_suffix(" (deleted)").map(str::to_owned).unwrap_or(text)
+        });
         if let Ok(file) = File::open(&link) {
             if let Ok(meta) = file.metadata() {
                 if kernel.matches(&meta) {
-                    let path = std::fs::read_link(&link).ok().map(|p| p.to_string_lossy().into_owned());
+                    let path = link_path.clone().or_else(|| kernel_path.map(str::to_owned));
                     return self.finish(file, &meta, path);
                 }
             }
         }
-        let reason_gone = "process exited or exec'd again before /proc/PID/exe was read";
-        if let Some(candidate) = exec_path.filter(|p| p.starts_with('/')) {
-            if let Ok(file) = File::open(candidate) {
-                if let Ok(meta) = file.metadata() {
-                    if kernel.matches(&meta) {
-                        return self.finish(file, &meta, Some(candidate.to_owned()));
-                    }
-                }
+        let reason_gone = "the process exited or exec'd again before /proc/PID/exe was read";
+        let candidates = [link_path.as_deref(), kernel_path, exec_path.filter(|p| p.starts_with('/'))];
+        for candidate in candidates.into_iter().flatten() {
+            let canonical = std::fs::canonicalize(candidate).ok();
+            let Some(canonical) = canonical else { continue };
+            let Ok(file) = File::open(&canonical) else { continue };
+            let Ok(meta) = file.metadata() else { continue };
+            if kernel.matches(&meta) {
+                return self.finish(file, &meta, Some(canonical.to_string_lossy().into_owned()));
             }
+        }
+        // The kernel's path is right even when the file is gone or lives in
+        // another mount namespace; only its content cannot be hashed.
+        if let Some(path) = kernel_path {
             return ExeInfo {
-                path: None,
-                path_unknown: Some(format!(
-                    "{reason_gone}, and {candidate} is not the executed inode (a script's interpreter, or a replaced file)"
-                )),
+                path: Some(path.to_owned()),
+                path_unknown: None,
                 sha256: None,
-                sha256_unknown: Some("executable file not found".to_owned()),
+                sha256_unknown: Some(format!(
+                    "{reason_gone}, and {path} does not name the executed file from the sensor's mount namespace (deleted, replaced, or inside a container)"
+                )),
             };
         }
-        ExeInfo {
-            path: None,
-            path_unknown: Some(format!("{reason_gone}, and the exec path is not absolute")),
-            sha256: None,
-            sha256_unknown: Some("executable file not found".to_owned()),
-        }
+        let why = match exec_path {
+            Some(path) if path.starts_with('/') => {
+                format!("{reason_gone}, and {path} is not the executed inode (a script's interpreter, or a replaced file)")
+            }
+            _ => format!("{reason_gone}, and the exec path is not absolute"),
+        };
+        ExeInfo { path: None, path_unknown: Some(why), sha256: None, sha256_unknown: Some("executable file not found".to_owned()) }
     }
 
     /// Resolves the executable of a process found by the start-up scan.
@@ -194,9 +208,13 @@ mod tests {
         let meta = std::fs::metadata(&file).unwrap();
         let kdev = ((libc::major(meta.dev())) << 20) | libc::minor(meta.dev());
         let kernel = KernelExe { inode: meta.ino(), dev: kdev };
-        // An empty procfs root: the process is "gone".
+        // An empty procfs root: the process is "gone". A symlinked exec path
+        // resolves to its target, as /proc/PID/exe would.
+        let link = dir.join("tool-link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).unwrap();
         let mut resolver = ExeResolver::new(dir.join("no-proc"), 1 << 20);
-        let info = resolver.resolve(1, kernel, file.to_str());
+        let info = resolver.resolve(1, kernel, None, link.to_str());
         assert_eq!(info.path.as_deref(), file.to_str());
         assert_eq!(
             info.sha256.as_deref(),
@@ -205,9 +223,14 @@ mod tests {
         assert_eq!(resolver.cached(), 1);
 
         let other = KernelExe { inode: meta.ino() + 1, dev: kdev };
-        let info = resolver.resolve(1, other, file.to_str());
+        let info = resolver.resolve(1, other, None, file.to_str());
         assert_eq!(info.path, None);
         assert!(info.path_unknown.unwrap().contains("not the executed inode"));
+
+        let info = resolver.resolve(1, other, Some("/in/container/tool"), file.to_str());
+        assert_eq!(info.path.as_deref(), Some("/in/container/tool"), "the kernel's path stands when the file is unreachable");
+        assert_eq!(info.sha256, None);
+        assert!(info.sha256_unknown.unwrap().contains("mount namespace"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -215,7 +238,7 @@ mod tests {
     fn oversized_executable_not_hashed() {
         let mut resolver = ExeResolver::new(PathBuf::from("/nonexistent"), 1);
         let exe = std::env::current_exe().unwrap();
-        let info = resolver.resolve(1, KernelExe::default(), exe.to_str());
+        let info = resolver.resolve(1, KernelExe::default(), None, exe.to_str());
         assert_eq!(info.sha256, None);
         assert!(info.sha256_unknown.unwrap().contains("max_hash_bytes"));
     }

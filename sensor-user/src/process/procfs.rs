@@ -22,6 +22,8 @@ pub struct ProcEntry {
     pub gid: Option<u32>,
     /// Pids from the host's namespace inward, from `NSpid` in status.
     pub ns_pids: Vec<u32>,
+    /// Inode number of the pid namespace, from the `/proc/PID/ns/pid` link.
+    pub pid_ns: Option<u32>,
     pub argv: Vec<String>,
     pub exe: Option<PathBuf>,
     pub cgroup: Option<String>,
@@ -96,6 +98,11 @@ pub fn split_argv(bytes: &[u8]) -> Vec<String> {
     bytes.split(|&b| b == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect()
 }
 
+/// Parses a namespace link such as `pid:[4026531836]` into its inode number.
+pub fn parse_ns_link(link: &str) -> Option<u32> {
+    link.split_once(":[")?.1.strip_suffix(']')?.parse().ok()
+}
+
 /// Returns the cgroup v2 path from `/proc/PID/cgroup` (the `0::` line).
 pub fn parse_cgroup(text: &str) -> Option<String> {
     text.lines().find_map(|line| line.strip_prefix("0::")).map(str::to_owned)
@@ -121,6 +128,7 @@ pub fn read_process(root: &Path, pid: u32) -> Result<Option<ProcEntry>, ProcfsEr
     let (uid, gid, ns_pids) = read(dir.join("status")).map(|t| parse_status(&t)).unwrap_or_default();
     let argv = fs::read(dir.join("cmdline")).map(|b| split_argv(&b)).unwrap_or_default();
     let exe = fs::read_link(dir.join("exe")).ok();
+    let pid_ns = fs::read_link(dir.join("ns/pid")).ok().and_then(|link| parse_ns_link(&link.to_string_lossy()));
     let cgroup = read(dir.join("cgroup")).ok().and_then(|t| parse_cgroup(&t));
     Ok(Some(ProcEntry {
         pid: stat.pid,
@@ -130,6 +138,7 @@ pub fn read_process(root: &Path, pid: u32) -> Result<Option<ProcEntry>, ProcfsEr
         uid,
         gid,
         ns_pids,
+        pid_ns,
         argv,
         exe,
         cgroup,
@@ -191,6 +200,12 @@ mod tests {
         assert_eq!(split_argv(b"a\0\0b\0"), vec!["a", "", "b"]);
         assert_eq!(split_argv(b""), Vec::<String>::new());
         assert_eq!(split_argv(b"no-terminator"), vec!["no-terminator"]);
+    }
+
+    #[test]
+    fn namespace_link() {
+        assert_eq!(parse_ns_link("pid:[4026531836]"), Some(4026531836));
+        assert_eq!(parse_ns_link("pid:4026531836"), None);
     }
 
     #[test]
