@@ -22,14 +22,16 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 
 use crate::{
+    agents::AgentView,
     net::Endpoint,
     process::{Origin, Process, ProcessTable},
+    redact::{Field, Redaction},
 };
 
 /// Version of the record layout; bumped on any incompatible change.
@@ -97,14 +99,73 @@ pub struct Head<'a> {
 pub struct Record<'a> {
     #[serde(flatten)]
     pub head: Head<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Written as `process` and, when credentials were replaced in it, the
+    /// record's `redactions` array.
+    #[serde(flatten, serialize_with = "serialize_process")]
     pub process: Option<ProcessView<'a>>,
+    /// The workload of the record's process (identity stage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::identity::WorkloadView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentView<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sensor: Option<serde_json::Value>,
+    /// Sections of low-rate records (`tls`, `dns`, `llm`, `file`, `http`,
+    /// `finding`), built as JSON by their stages.
+    #[serde(flatten)]
+    pub sections: serde_json::Map<String, serde_json::Value>,
+}
+
+fn serialize_process<S: serde::Serializer>(process: &Option<ProcessView<'_>>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(None)?;
+    if let Some(process) = process {
+        map.serialize_entry("process", process)?;
+        if !process.redactions.is_empty() {
+            map.serialize_entry("redactions", &process.redactions)?;
+        }
+    }
+    map.end()
+}
+
+/// One entry of a record's `redactions`: which field of which process a
+/// secret was replaced in.
+#[derive(Debug)]
+pub struct RedactionView<'a> {
+    /// `process` or `process.parent`.
+    pub owner: &'static str,
+    pub redaction: &'a Redaction,
+}
+
+impl Serialize for RedactionView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut entry = s.serialize_struct("Redaction", 3)?;
+        entry.serialize_field("field", &format!("{}.{}", self.owner, self.redaction.field))?;
+        entry.serialize_field("kind", self.redaction.kind)?;
+        entry.serialize_field("hmac", &*self.redaction.hmac)?;
+        entry.end()
+    }
+}
+
+impl<'a> Record<'a> {
+    /// Starts a record with only its head; stages fill in their sections.
+    pub fn new(head: Head<'a>) -> Self {
+        Record {
+            head,
+            process: None,
+            workload: None,
+            agent: None,
+            network: None,
+            exit: None,
+            sensor: None,
+            sections: serde_json::Map::new(),
+        }
+    }
 }
 
 /// Assigns sequence numbers and ids, and stamps times.
@@ -150,10 +211,6 @@ impl Stamper {
             host: &self.host,
         }
     }
-
-    pub fn wall_now_ns() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -187,6 +244,10 @@ pub struct ProcessView<'a> {
     pub origin: Origin,
     pub start_time: String,
     pub exe: Option<&'a str>,
+    /// The executable's file name when its path is unknown, such as
+    /// `memfd:NAME` for a fileless program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_name: Option<&'a str>,
     pub exe_sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec_path: Option<&'a str>,
@@ -214,6 +275,10 @@ pub struct ProcessView<'a> {
     /// Field name to the reason it is unknown.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "serialize_unknown")]
     pub unknown: Vec<(&'static str, &'a str)>,
+    /// Credentials replaced in this process's and its parent's fields,
+    /// written at the record's top level by `Record`.
+    #[serde(skip)]
+    pub redactions: Vec<RedactionView<'a>>,
 }
 
 fn serialize_unknown<S: serde::Serializer>(items: &[(&'static str, &str)], s: S) -> Result<S::Ok, S::Error> {
@@ -229,7 +294,8 @@ impl<'a> ProcessView<'a> {
     /// Builds the view of `process`; `tid` is the acting thread when it is
     /// not the thread-group leader.
     pub fn new(table: &'a ProcessTable, process: &'a Process, tid: Option<u32>, clock: &Clock, start_ns: u64) -> Self {
-        let parent = process.parent.and_then(|key| table.get(&key)).map(|parent| ParentView {
+        let parent_process = process.parent.and_then(|key| table.get(&key));
+        let parent = parent_process.map(|parent| ParentView {
             pid: parent.key.pid,
             exec_id: &parent.exec_id,
             exe: parent.exe.path.as_deref(),
@@ -243,6 +309,13 @@ impl<'a> ProcessView<'a> {
         if let Some(reason) = &process.exe.sha256_unknown {
             unknown.push(("exe_sha256", reason));
         }
+        let mut redactions: Vec<RedactionView<'a>> =
+            process.redactions.iter().map(|redaction| RedactionView { owner: "process", redaction }).collect();
+        if let Some(parent) = parent_process {
+            // The parent view shows only `exe` and `argv`.
+            let parent_fields = parent.redactions.iter().filter(|r| matches!(r.field, Field::Argv(_) | Field::Exe));
+            redactions.extend(parent_fields.map(|redaction| RedactionView { owner: "process.parent", redaction }));
+        }
         ProcessView {
             pid: process.key.pid,
             ns_pid: process.ns_pid,
@@ -253,6 +326,7 @@ impl<'a> ProcessView<'a> {
             origin: process.origin,
             start_time: rfc3339(clock.wall_ns(start_ns)),
             exe: process.exe.path.as_deref(),
+            exe_name: process.exe_name.as_deref().filter(|_| process.exe.path.is_none() || process.fileless),
             exe_sha256: process.exe.sha256.as_deref(),
             exec_path: process.exec_path.as_deref(),
             argv: process.argv.as_deref(),
@@ -268,6 +342,7 @@ impl<'a> ProcessView<'a> {
             parent,
             ancestry: table.ancestry(process.key),
             unknown,
+            redactions,
         }
     }
 }
