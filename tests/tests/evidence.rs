@@ -54,7 +54,9 @@ fn daemon_evidence_verifies_and_edit_detected() {
         // depend on any one hook loading on this kernel.
         sensor.expect("a process.snapshot record", |r| r["kind"] == "process.snapshot");
         let records = sensor.stop();
-        assert_eq!(records.last().map(|r| r["checkpoint"]["reason"].clone()), Some("shutdown".into()), "run {run}");
+        let tail: Vec<&Value> = records.iter().rev().take(3).map(|r| &r["kind"]).collect();
+        let last_reason = records.last().map(|r| r["checkpoint"]["reason"].clone());
+        assert_eq!(last_reason, Some("shutdown".into()), "run {run} ends with the shutdown checkpoint: {tail:?}");
         printed.extend(records);
     }
 

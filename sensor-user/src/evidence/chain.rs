@@ -43,7 +43,7 @@ pub fn to_hex(hash: &Hash) -> [u8; 64] {
 
 /// Returns the digest as a lowercase hex `String`.
 pub fn hex_string(hash: &Hash) -> String {
-    // The digits are ASCII, so this conversion cannot fail.
+    // `to_hex` yields only ASCII digits, so nothing is replaced here.
     String::from_utf8_lossy(&to_hex(hash)).into_owned()
 }
 

@@ -2,9 +2,11 @@
 //!
 //! A checkpoint record at sequence number `c` commits to the hash of record
 //! `c - 1`. Because each hash covers the one before it, one valid signature
-//! vouches for every record from the chain's start up to `c - 1`. The signed
-//! message is the ASCII text built by [`message`], so anyone can check a
-//! checkpoint with standard tools.
+//! vouches for every record from the chain's start up to `c - 1`. The
+//! signature also covers the checkpoint's own reason and time, so a count
+//! checkpoint cannot be relabelled as the shutdown checkpoint that marks a
+//! complete log. The signed message is the ASCII text built by [`message`],
+//! so anyone can check a checkpoint with standard tools.
 //!
 //! Keys are stored as PEM, in the forms OpenSSL uses for ed25519 (RFC 8410):
 //! a PKCS#8 `PRIVATE KEY` and a SubjectPublicKeyInfo `PUBLIC KEY`. A file of
@@ -61,7 +63,7 @@ pub enum KeyError {
     BadPoint { path: PathBuf },
 }
 
-/// Why a checkpoint carries no signature, in the record's `unknown` object.
+/// Reason text for an unsigned checkpoint, stored in its `unknown` object.
 pub const UNSIGNED_NO_KEY: &str = "no signing key configured: set evidence.signing_key_path";
 
 /// The key that signs checkpoints, or the reason there is none.
@@ -71,7 +73,7 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// A signer that writes unsigned checkpoints.
+    /// Returns a signer without a key, whose checkpoints are unsigned.
     pub fn unsigned() -> Self {
         Signer { key: None, key_sha256: None }
     }
@@ -93,7 +95,6 @@ impl Signer {
         Ok(Signer { key: Some(key), key_sha256 })
     }
 
-    #[cfg(test)]
     pub fn is_signing(&self) -> bool {
         self.key.is_some()
     }
@@ -136,12 +137,50 @@ fn public_key_sha256(key: &VerifyingKey) -> String {
     hex_string(&Sha256::digest(key.as_bytes()).into())
 }
 
-/// Builds the exact bytes a checkpoint signature covers.
-pub fn message(from_seq: u64, to_seq: u64, hash: &Hash) -> Vec<u8> {
-    format!("agent-sensor checkpoint v1\nfrom_seq {from_seq}\nto_seq {to_seq}\nhash {}\n", hex_string(hash)).into_bytes()
+const SIGNATURE_KEY: &[u8] = b"\"signature\":\"";
+const SIGNATURE_HEX_LEN: usize = 128;
+
+/// Signs a serialised checkpoint record in place. The record was written
+/// with 128 zeros as its signature; the signature covers exactly those
+/// bytes and then replaces the zeros. Returns false without a key or
+/// without the placeholder.
+pub fn sign_record(record: &mut [u8], signer: &Signer) -> bool {
+    let Some(start) = signature_position(record) else { return false };
+    let Some(signature) = signer.sign(record) else { return false };
+    let hex = hex_encode(&signature);
+    record[start..start + SIGNATURE_HEX_LEN].copy_from_slice(hex.as_bytes());
+    true
 }
 
-/// Why a checkpoint was written.
+/// Splits a signed checkpoint record into the message its signature covers
+/// (the record with 128 zeros in place of the signature) and the
+/// signature; `None` unless the record has exactly one signature member.
+pub fn signed_message(record: &[u8]) -> Option<(Vec<u8>, [u8; 64])> {
+    let start = signature_position(record)?;
+    let hex = std::str::from_utf8(&record[start..start + SIGNATURE_HEX_LEN]).ok()?;
+    let signature = hex_decode_64(hex)?;
+    let mut message = record.to_vec();
+    message[start..start + SIGNATURE_HEX_LEN].fill(b'0');
+    Some((message, signature))
+}
+
+/// Finds the offset of the signature's hex digits: exactly one
+/// `"signature":"` followed by 128 characters and a quote.
+fn signature_position(record: &[u8]) -> Option<usize> {
+    let mut found = None;
+    for (index, window) in record.windows(SIGNATURE_KEY.len()).enumerate() {
+        if window == SIGNATURE_KEY {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(index + SIGNATURE_KEY.len());
+        }
+    }
+    let start = found?;
+    (record.get(start + SIGNATURE_HEX_LEN) == Some(&b'"')).then_some(start)
+}
+
+/// The event that triggered a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -168,15 +207,18 @@ pub struct CheckpointView {
     pub hash: String,
     pub algorithm: String,
     pub public_key_sha256: Option<String>,
-    /// 64-byte ed25519 signature over [`message`], hex.
+    /// 64-byte ed25519 signature over the record itself, hex: see
+    /// [`sign_record`].
     pub signature: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub unknown: std::collections::BTreeMap<String, String>,
 }
 
 impl CheckpointView {
+    /// Builds the section with a placeholder signature for
+    /// [`sign_record`] to replace, or none without a key.
     pub fn new(reason: Reason, from_seq: u64, to_seq: u64, hash: &Hash, signer: &Signer) -> Self {
-        let signature = signer.sign(&message(from_seq, to_seq, hash));
+        let signature = signer.is_signing().then(|| "0".repeat(SIGNATURE_HEX_LEN));
         let mut unknown = std::collections::BTreeMap::new();
         if signature.is_none() {
             unknown.insert("signature".to_owned(), UNSIGNED_NO_KEY.to_owned());
@@ -188,7 +230,7 @@ impl CheckpointView {
             hash: hex_string(hash),
             algorithm: ALGORITHM.to_owned(),
             public_key_sha256: signer.key_sha256().map(str::to_owned),
-            signature: signature.map(|s| hex_encode(&s)),
+            signature,
             unknown,
         }
     }
@@ -386,12 +428,18 @@ mod tests {
         let verifier = PublicKey::load(&public).unwrap();
         assert_eq!(signer.key_sha256(), Some(id.as_str()));
         assert_eq!(verifier.sha256, id);
-        let message = message(0, 9, &[3; 32]);
-        let signature = signer.sign(&message).unwrap();
+        let view = CheckpointView::new(Reason::Count, 0, 9, &[3; 32], &signer);
+        let mut record = serde_json::to_vec(&serde_json::json!({ "seq": 10, "checkpoint": view })).unwrap();
+        assert!(sign_record(&mut record, &signer));
+        let (message, signature) = signed_message(&record).unwrap();
         assert!(verifier.verify(&message, &signature));
-        let mut other = message.clone();
-        other[30] ^= 1;
-        assert!(!verifier.verify(&other, &signature));
+        for index in 0..message.len() {
+            let mut changed = message.clone();
+            changed[index] ^= 1;
+            assert!(!verifier.verify(&changed, &signature), "byte {index} is not covered");
+        }
+        let twice = [&record[..], &record[..]].concat();
+        assert!(signed_message(&twice).is_none(), "two signature members are ambiguous");
         assert!(matches!(keygen(&private, &dir.join("other.pub")), Err(KeyError::Exists { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -53,7 +53,8 @@ pub enum RecoveryError {
     CannotResume { path: PathBuf, reason: String },
 }
 
-/// Where the chain stands at start-up.
+/// The chain at start-up: its last intact record, torn bytes after it, and
+/// the range the next checkpoint covers.
 #[derive(Debug, Default)]
 pub struct Resume {
     /// The last intact record; `None` starts a new chain.
@@ -81,9 +82,9 @@ pub struct TornRegion {
     pub offset: u64,
     pub length: u64,
     pub sha256: Hash,
-    /// The region is in the active file, so the recovery record follows it
-    /// there; otherwise it ends a rotated file and the record starts the
-    /// active one.
+    /// True when the region is in the active file, where the recovery
+    /// record follows it. Otherwise it ends a rotated file, and the
+    /// recovery record starts the active one.
     pub in_active: bool,
 }
 
@@ -113,7 +114,8 @@ pub struct TornView {
 }
 
 impl RecoveredView {
-    /// The record to write, or `None` when the previous run stopped cleanly.
+    /// Builds the record to write; `None` when the previous run stopped
+    /// cleanly.
     pub fn from_resume(resume: &Resume) -> Option<RecoveredView> {
         if resume.torn.is_none() && (resume.head.is_none() || resume.clean_stop) {
             return None;
@@ -134,7 +136,7 @@ impl RecoveredView {
     }
 }
 
-/// The name a rotated file gets.
+/// Returns the name a rotated file gets.
 pub fn rotated_name(active: &Path, time: SystemTime, first_seq: u64) -> PathBuf {
     let (stem, extension) = split_name(active);
     let stamp: String = humantime::format_rfc3339_seconds(time)
@@ -184,7 +186,8 @@ fn split_name(path: &Path) -> (String, String) {
     (stem, extension)
 }
 
-/// Finds where the chain stands, from the active file and its rotated files.
+/// Finds the chain's last intact record and any torn bytes after it, in the
+/// active file or its rotated files.
 pub fn scan(active: &Path) -> Result<Resume, RecoveryError> {
     let read_error = |path: &Path| {
         let path = path.to_owned();
@@ -256,6 +259,7 @@ fn range_start(candidates: &[PathBuf], head_file: &Path, tail: &Tail, head: &Goo
     if let Some(seq) = tail.last_checkpoint.filter(|_| tail.last_good.is_some()) {
         return Ok(seq);
     }
+
     let position = candidates.iter().position(|p| p == head_file).unwrap_or(0);
     let full = scan_tail_for_checkpoint(head_file)?;
     if let Some(seq) = full.last_checkpoint {
@@ -272,6 +276,7 @@ fn range_start(candidates: &[PathBuf], head_file: &Path, tail: &Tail, head: &Goo
             return Ok(good.seq);
         }
     }
+
     let guess = full.first_good.map_or(head.seq, |first| first.seq);
     log::warn!(
         "no checkpoint found before seq {} in {}: the next checkpoint's from_seq is {guess}, the file's first \

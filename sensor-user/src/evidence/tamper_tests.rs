@@ -15,7 +15,7 @@ use std::path::Path;
 use super::{
     chain::{self, SealedLine},
     checkpoint::PublicKey,
-    verify::{verify_contents, Contents, End, Report, EXIT_CLEAN, EXIT_TAMPERED, EXIT_WARNING},
+    verify::{verify_contents, Contents, End, Report, EXIT_BAD_SIGNATURE, EXIT_CLEAN, EXIT_TAMPERED, EXIT_WARNING},
 };
 use crate::sinks::tests::{evidence_files, open, settings, test_keys, test_stamper, write_record, Scratch};
 
@@ -82,7 +82,7 @@ fn generate(seed: u64, records: usize) -> Log {
             // A crash mid-write: the buffered records reach the file, the
             // last line only in part.
             sinks.flush().unwrap();
-            std::mem::forget(sinks);
+            sinks.crash();
             let torn = format!("{{\"schema\":\"agent-sensor/0.1\",\"id\":\"{}", payload(&mut rng));
             let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
             std::io::Write::write_all(&mut file, torn.as_bytes()).unwrap();
@@ -90,7 +90,7 @@ fn generate(seed: u64, records: usize) -> Log {
         } else if i == crash_at[1] {
             // A crash between two writes: no torn bytes, no shutdown checkpoint.
             sinks.flush().unwrap();
-            std::mem::forget(sinks);
+            sinks.crash();
             sinks = open(&path, &config, &stamper);
         }
     }
@@ -223,6 +223,48 @@ fn every_edit_detected() {
             // A changed byte is reported on its line, or on the torn line
             // before it when it is the recovery record.
             check(&log, &mutated, &Expect { what, near: Some((low_bound(&lines, g), g)) });
+        }
+    }
+}
+
+#[test]
+fn every_rehashed_edit_detected() {
+    // An attacker who changes a record and recomputes its own hash: the
+    // record is intact on its own, and only the next record's `prev_hash`
+    // shows it. A checkpoint's own signature shows it at once, which
+    // matters for the last record, which no record links to.
+    for seed in seeds() {
+        let log = generate(seed, RECORDS);
+        let lines = split(&log.files);
+        let total: usize = lines.iter().map(Vec::len).sum();
+        let torn = torn_lines(&lines);
+        let mut rng = Rng(seed ^ 0x4e4a);
+        let mut targets: Vec<usize> = (0..TRIES).map(|_| rng.below(total)).collect();
+        targets.extend([0, total - 2, total - 1]);
+        targets.extend(file_boundaries(&lines).into_iter().map(|g| g - 1));
+        for g in targets.into_iter().filter(|g| !torn.contains(g)) {
+            let (file, index) = locate(&lines, g);
+            let sealed = intact(&lines[file][index]).expect("an intact line");
+            let text = String::from_utf8(sealed.body.to_vec()).unwrap();
+            let changed = text.replacen("\"time\":\"", "\"time\":\"1", 1);
+            assert_ne!(changed, text, "every record has a time");
+            let mut body = changed.into_bytes();
+            body.push(b'}');
+            chain::seal(&sealed.prev_hash, &mut body).unwrap();
+            body.push(b'\n');
+            let mut mutated = lines.clone();
+            mutated[file][index] = body;
+            let what = format!("seed {seed}: global line {g} changed and re-hashed");
+            if sealed.meta().unwrap().kind == "evidence.checkpoint" {
+                // A checkpoint's signature covers its own bytes.
+                let report = check(&log, &mutated, &Expect { what: what.clone(), near: None });
+                assert_eq!(report.exit_code, EXIT_BAD_SIGNATURE, "{what}: {report:#?}");
+                let bad = report.first_bad.unwrap();
+                assert_eq!(global_index(&log, &mutated, &bad.file, bad.line.unwrap()), g, "{what}");
+                continue;
+            }
+            // Blamed on the next line, which no longer links to it.
+            check(&log, &mutated, &Expect { what, near: Some((g + 1, g + 1)) });
         }
     }
 }
@@ -388,7 +430,7 @@ fn removed_newest_files_show_in_range() {
     fewer.pop();
     let report = verify_contents(&fewer, Some(&log.key));
     // Whole files removed from the end look like a set of rotated files:
-    // clean, but the range and the end say where the chain stops.
+    // clean, but the range and the end show where the chain stops.
     assert_eq!(report.end, Some(End::Rotation));
     assert!(report.verified.unwrap().last_seq < full.last_seq);
 }
@@ -402,7 +444,7 @@ fn wrong_key_and_bad_signature_detected() {
     std::fs::write(&other, ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes()).unwrap();
     let other = PublicKey::load(&other).unwrap();
     let report = verify_contents(&log.contents(), Some(&other));
-    assert_eq!(report.exit_code, super::verify::EXIT_BAD_SIGNATURE, "{report:#?}");
+    assert_eq!(report.exit_code, EXIT_BAD_SIGNATURE, "{report:#?}");
 
     // Rewrite one checkpoint's signature and re-hash the chain from there,
     // as an attacker without the key would: only the signature fails.
@@ -437,13 +479,14 @@ fn wrong_key_and_bad_signature_detected() {
     }
     let mutated: Vec<Contents> = join(&log.files, &lines);
     let report = verify_contents(&mutated, Some(&log.key));
-    assert_eq!(report.exit_code, super::verify::EXIT_BAD_SIGNATURE, "{report:#?}");
+    assert_eq!(report.exit_code, EXIT_BAD_SIGNATURE, "{report:#?}");
     let bad = report.first_bad.unwrap();
     assert_eq!(global_index(&log, &lines, &bad.file, bad.line.unwrap()), target);
 }
 
-/// The first line the verifier may blame for a change at global line `g`:
-/// the start of a torn region that `g` is in or follows, else `g - 1`.
+/// Returns the first line the verifier may blame for a change at global
+/// line `g`: the start of a torn region that `g` is in or follows, else
+/// `g - 1`.
 fn low_bound(lines: &[Vec<Vec<u8>>], g: usize) -> usize {
     let torn = torn_lines(lines);
     let mut low = g;

@@ -178,7 +178,7 @@ pub struct Report {
     pub warnings: Vec<Problem>,
 }
 
-/// Where the chain stands after the last intact record.
+/// The last intact record verified so far.
 #[derive(Debug, Clone, Copy)]
 struct Tip {
     seq: u64,
@@ -491,6 +491,7 @@ impl<'k> Verifier<'k> {
                 }
             }
         }
+
         let previous_hash = sealed.prev_hash;
         if kind == KIND_CHECKPOINT {
             self.checkpoint(file, line, sealed, seq, &previous_hash);
@@ -500,6 +501,7 @@ impl<'k> Verifier<'k> {
         if self.error.is_some() {
             return;
         }
+
         if kind != KIND_CHECKPOINT {
             self.last_checkpoint = None;
         }
@@ -541,10 +543,11 @@ impl<'k> Verifier<'k> {
         }
         self.range_start = Some(seq);
         self.last_checkpoint = Some((seq, view.reason));
-        let Some(signature_hex) = &view.signature else {
+
+        if view.signature.is_none() {
             self.counts.unsigned += 1;
             return;
-        };
+        }
         let Some(key) = self.key else {
             self.counts.unchecked += 1;
             return;
@@ -557,9 +560,11 @@ impl<'k> Verifier<'k> {
             );
             return self.fail(ProblemKind::WrongKey, file, Some(line), Some(seq), message);
         }
-        let message = checkpoint::message(view.from_seq, view.to_seq, previous_hash);
+
+        let mut record = sealed.body.to_vec();
+        record.push(b'}');
         let valid = view.algorithm == checkpoint::ALGORITHM
-            && checkpoint::hex_decode_64(signature_hex).is_some_and(|signature| key.verify(&message, &signature));
+            && checkpoint::signed_message(&record).is_some_and(|(message, signature)| key.verify(&message, &signature));
         if !valid {
             let message = format!(
                 "the {} signature over seq {}..={} does not verify with the given public key",
@@ -713,6 +718,7 @@ pub fn human(report: &Report) -> String {
         let seq = bad.seq.map_or_else(String::new, |seq| format!(", seq {seq}"));
         let _ = writeln!(out, "first bad record: {}{line}{seq}: {}", bad.file, bad.message);
     }
+
     match &report.verified {
         Some(range) => {
             let before = if report.first_bad.is_some() { " before it" } else { "" };
@@ -733,6 +739,7 @@ pub fn human(report: &Report) -> String {
         };
         let _ = writeln!(out, "  {}: {range}", file.path);
     }
+
     let counts = &report.checkpoints;
     let _ = writeln!(
         out,
@@ -750,6 +757,7 @@ pub fn human(report: &Report) -> String {
         };
         let _ = writeln!(out, "end: {text}");
     }
+
     for recovery in &report.recoveries {
         let torn = match (recovery.torn_offset, recovery.torn_length) {
             (Some(offset), Some(length)) => format!(": {length} torn bytes at offset {offset} kept"),

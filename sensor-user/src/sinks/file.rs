@@ -8,7 +8,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -119,6 +119,36 @@ impl EvidenceFile {
 
     fn write_error(&self, source: io::Error) -> SinkError {
         SinkError::Write { sink: "evidence file", source }
+    }
+}
+
+/// An exclusive lock on `<evidence file>.lock`, held while the sinks are
+/// open. Two sensors appending to one file would interleave two chains, so
+/// the second one fails to start instead. The kernel drops the lock when
+/// the process exits, however it exits.
+pub struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    pub fn acquire(evidence: &Path) -> Result<WriterLock, SinkError> {
+        let mut name = evidence.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        let lock = evidence.with_file_name(name);
+        let error = |source| SinkError::Open { path: lock.clone(), source };
+        if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(error)?;
+        }
+        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock).map_err(error)?;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = io::Error::last_os_error();
+            if source.kind() == io::ErrorKind::WouldBlock {
+                return Err(SinkError::Locked { path: evidence.to_owned(), lock });
+            }
+            return Err(error(source));
+        }
+        Ok(WriterLock { _file: file })
     }
 }
 

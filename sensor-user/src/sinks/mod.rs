@@ -24,12 +24,12 @@ use crate::{
     config::{EvidenceConfig, FsyncPolicy, OutputConfig},
     evidence::{
         chain::{self, ChainError, Hash, GENESIS},
-        checkpoint::{CheckpointView, KeyError, Reason, Signer},
+        checkpoint::{self, CheckpointView, KeyError, Reason, Signer},
         recovery::{self, RecoveredView, RecoveryError, Resume, KIND_CHECKPOINT, KIND_RECOVERED},
         Clock, Head, Stamper,
     },
 };
-use file::EvidenceFile;
+use file::{EvidenceFile, WriterLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -58,6 +58,11 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "another agent-sensor is writing {path} (it holds {lock}); stop it, or give this one another \
+         output.evidence_path"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
     #[error("serialising a record failed")]
     Serialize(#[source] serde_json::Error),
     #[error("sealing a record into the hash chain failed")]
@@ -85,6 +90,7 @@ struct RecoveredRecord<'a> {
 pub struct Sinks {
     stdout: Option<BufWriter<Stdout>>,
     file: Option<EvidenceFile>,
+    _lock: Option<WriterLock>,
     stamper: Stamper,
     signer: Signer,
     settings: EvidenceConfig,
@@ -120,13 +126,14 @@ impl Sinks {
                 Signer::unsigned()
             }
         };
-        let (resume, file) = match output.evidence_file() {
+        let (resume, file, lock) = match output.evidence_file() {
             Some(path) => {
+                let lock = WriterLock::acquire(path)?;
                 let resume = recovery::scan(path)?;
                 let file = EvidenceFile::open(path, resume.active_first_seq)?;
-                (resume, Some(file))
+                (resume, Some(file), Some(lock))
             }
-            None => (Resume::default(), None),
+            None => (Resume::default(), None, None),
         };
         if let Some(head) = resume.head {
             stamper.resume_at(head.seq + 1);
@@ -134,6 +141,7 @@ impl Sinks {
         let mut sinks = Sinks {
             stdout: output.stdout.then(|| BufWriter::with_capacity(256 * 1024, io::stdout())),
             file,
+            _lock: lock,
             stamper,
             signer,
             settings: evidence.clone(),
@@ -224,11 +232,14 @@ impl Sinks {
     fn checkpoint(&mut self, reason: Reason) -> Result<(), SinkError> {
         let Some(to_seq) = self.last_seq else { return Ok(()) };
         let view = CheckpointView::new(reason, self.range_start, to_seq, &self.prev_hash, &self.signer);
-        let Sinks { stamper, line, .. } = self;
+        let Sinks { stamper, line, signer, .. } = self;
         let head = stamper.head(KIND_CHECKPOINT, Clock::boot_now_ns());
         let seq = head.seq;
         line.clear();
         serde_json::to_writer(&mut *line, &CheckpointRecord { head, checkpoint: view }).map_err(SinkError::Serialize)?;
+        // Signs every byte of the record, so no field of the newest
+        // checkpoint can change unnoticed, though nothing links to it yet.
+        checkpoint::sign_record(line, signer);
         self.append_sealed()?;
         self.range_start = seq;
         self.since_checkpoint = 0;
@@ -289,8 +300,16 @@ impl Sinks {
         Ok(())
     }
 
+    /// Simulates a crash for tests: buffered records are lost, nothing is
+    /// closed cleanly, and the writer lock goes as it would with the process.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        self._lock = None;
+        std::mem::forget(self);
+    }
+
     /// Ends the run: writes the shutdown checkpoint, flushes, and forces
-    /// the evidence file to disk whatever `evidence.fsync` says.
+    /// the evidence file to disk whatever `evidence.fsync` is set to.
     pub fn close(&mut self) -> Result<(), SinkError> {
         self.checkpoint(Reason::Shutdown)?;
         self.flush()?;

@@ -80,7 +80,7 @@ pub(crate) fn write_record(sinks: &mut Sinks, stamper: &mut Stamper, payload: &s
     sinks.write(&TestRecord { head, payload }).unwrap();
 }
 
-/// The active file and its rotated files, as `verify` takes them.
+/// Lists the rotated files, oldest first, then the active file.
 pub(crate) fn evidence_files(active: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = recovery::rotated_files(active).unwrap().into_iter().map(|(_, p)| p).collect();
     if active.exists() {
@@ -259,7 +259,7 @@ fn torn_tail_recovered_and_verifies() {
     sinks.flush().unwrap();
     // A crash: the sinks vanish without their shutdown checkpoint, and the
     // last line is cut.
-    std::mem::forget(sinks);
+    sinks.crash();
     let intact_len = std::fs::metadata(&path).unwrap().len();
     let torn = b"{\"schema\":\"agent-sensor/0.1\",\"id\":\"17";
     std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(torn).unwrap();
@@ -298,7 +298,7 @@ fn unclean_stop_without_torn_bytes_is_recorded() {
     let mut sinks = open(&path, &settings(None), &stamper);
     write_record(&mut sinks, &mut stamper, "x");
     sinks.flush().unwrap();
-    std::mem::forget(sinks);
+    sinks.crash();
     let mut stamper = test_stamper();
     let mut sinks = open(&path, &settings(None), &stamper);
     write_record(&mut sinks, &mut stamper, "y");
@@ -324,6 +324,7 @@ fn whole_active_file_torn_resumes_from_rotated() {
         write_record(&mut sinks, &mut stamper, &format!("record {i} {}", "y".repeat(80)));
     }
     sinks.close().unwrap();
+    drop(sinks);
     // A power loss leaves zeros in place of the active file's records.
     let len = std::fs::metadata(&path).unwrap().len();
     std::fs::write(&path, vec![0u8; len as usize]).unwrap();
@@ -359,6 +360,19 @@ fn legacy_file_without_chain_starts_new_chain() {
     assert_eq!(records[1]["sensor"]["resumed_after_seq"], serde_json::Value::Null);
     let report = verify(&path, None);
     assert_eq!(report.first_bad.map(|p| p.message), None);
+}
+
+#[test]
+fn second_writer_rejected_while_first_open() {
+    let dir = Scratch::new("lock");
+    let path = dir.path().join("evidence.jsonl");
+    let stamper = test_stamper();
+    let first = open(&path, &settings(None), &stamper);
+    let output = OutputConfig { stdout: false, evidence_path: path.clone(), ..OutputConfig::default() };
+    let second = Sinks::open(&output, &settings(None), stamper.clone());
+    assert!(matches!(second, Err(SinkError::Locked { .. })), "a second writer must not start");
+    drop(first);
+    assert!(Sinks::open(&output, &settings(None), stamper).is_ok(), "the lock goes with the first writer");
 }
 
 #[test]
