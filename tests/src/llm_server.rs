@@ -307,8 +307,8 @@ impl LlmServer {
             self.address
         );
         // `unshare` without --fork and `sh -c exec` keep one pid from here
-        // to the client, so the spawned child's pid is the client's. A failed bind
-        // mount stops the chain before the client runs.
+        // to the client, so the spawned child's pid is the client's. A
+        // failed bind mount stops the chain before the client runs.
         const SCRIPT: &str = r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@""#;
         let mut command = Command::new("unshare");
         command
