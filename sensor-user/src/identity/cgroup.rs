@@ -16,10 +16,11 @@
 //! leaves the runtime's `SLICE:PREFIX:ID` cgroup name as one literal
 //! component, which is recognised too. Layouts nest (a kind node is a
 //! Docker container whose kubelet runs pods inside it), so the innermost
-//! container wins and the pod is the one that encloses it. Container ids
-//! are 64 lowercase hex digits; pod UIDs are RFC 4122 UUIDs, written with
-//! `_` for `-` in systemd slice names, or the 32 hex digits of a static
-//! pod's config hash.
+//! container wins and the pod is the one that encloses it.
+//!
+//! Container ids are 64 lowercase hex digits. Pod UIDs are RFC 4122 UUIDs,
+//! written with `_` for `-` in systemd slice names. A static pod's UID is
+//! the 32 hex digits of its config hash.
 
 use std::fmt;
 
@@ -65,7 +66,7 @@ pub enum QosClass {
     BestEffort,
 }
 
-/// Everything a cgroup path tells about its workload.
+/// The workload facts a cgroup path encodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupFacts {
     /// The innermost container.

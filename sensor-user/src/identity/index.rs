@@ -9,9 +9,10 @@
 //!    `CAP_DAC_READ_SEARCH`), then reading the fd's link in `/proc/self/fd`.
 //! 2. A walk of the whole mount, when the handle cannot be used.
 //!
-//! Both need the directory to exist when the id is first looked up, so
-//! every id seen is kept for `removed_retention` after its directory
-//! disappears: records about a process that exited, in a container that is
+//! Both need the directory to exist when the id is first looked up. Before
+//! them, a miss consults the cgroups that [`super::discover`] saw being
+//! created, which covers containers that are already gone. Every id seen
+//! is kept for `removed_retention` after its directory disappears: records about a process that exited, in a container that is
 //! gone, still find it. Entries are bounded; the least recently used go
 //! first, removed ones before live ones.
 
@@ -22,6 +23,8 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+use super::discover::Discovered;
 
 /// `FILEID_KERNFS` from `include/linux/exportfs.h`: a kernfs file handle is
 /// the node's 64-bit id, which for cgroup2 is the cgroup id.
@@ -103,7 +106,7 @@ struct Entry {
     removed_ns: Option<u64>,
 }
 
-/// How a lookup ended.
+/// The result of a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Found(Arc<str>),
@@ -122,6 +125,8 @@ pub struct CgroupIndex {
     handles_work: bool,
     entries: HashMap<u64, Entry>,
     last_walk_ns: Option<u64>,
+    /// Cgroups seen being created, for ids whose directory is already gone.
+    discovered: Option<Arc<Discovered>>,
     capacity: usize,
     removed_retention_ns: u64,
     pub walks: u64,
@@ -144,10 +149,16 @@ impl CgroupIndex {
             handles_work: true,
             entries: HashMap::new(),
             last_walk_ns: None,
+            discovered: None,
             capacity: capacity.max(1),
             removed_retention_ns,
             walks: 0,
         }
+    }
+
+    /// Consults `discovered` on a miss before looking under the mount.
+    pub fn set_discovered(&mut self, discovered: Arc<Discovered>) {
+        self.discovered = Some(discovered);
     }
 
     pub fn root(&self) -> Option<&Path> {
@@ -170,6 +181,9 @@ impl CgroupIndex {
             return Lookup::Found(entry.path.clone());
         }
         let Some(root) = self.root.clone() else { return Lookup::NoMount };
+        if let Some(path) = self.discovered.as_ref().and_then(|d| d.get(id)) {
+            return Lookup::Found(self.insert(id, path.to_string(), now_ns));
+        }
         if let Some(path) = self.open_by_id(&root, id) {
             return Lookup::Found(self.insert(id, path, now_ns));
         }
@@ -269,8 +283,8 @@ impl CgroupIndex {
         }
     }
 
-    /// Marks entries whose directory is gone, or now holds another cgroup,
-    /// and drops those removed longer than the retention.
+    /// Marks entries whose directory is gone or was replaced by another
+    /// cgroup, and drops those removed longer than the retention.
     pub fn collect_garbage(&mut self, now_ns: u64) -> usize {
         let Some(root) = self.root.clone() else { return 0 };
         for (&id, entry) in self.entries.iter_mut() {

@@ -3,11 +3,12 @@
 //!
 //! [`PodDirectory`] is the shared view the identity stage reads. A watcher
 //! task (built with the `kube-api` cargo feature) fills it from a list and
-//! watch of the pods whose `spec.nodeName` is this node, and marks it
-//! unreachable when the API cannot be reached; lookups then report
-//! `api_unreachable` while the rest of the identity stays intact. Every
-//! change bumps a generation counter, which tells the identity stage to
-//! merge the new facts into its cached workloads.
+//! watch of the pods whose `spec.nodeName` is this node. When the API
+//! cannot be reached, the watcher marks the directory unreachable, and
+//! lookups of pods it has not listed report `api_unreachable` while the
+//! rest of the identity stays intact. Every change bumps a generation
+//! counter, so the identity stage merges the new facts into its cached
+//! workloads.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,7 +20,7 @@ use std::{
 
 use serde_json::Value;
 
-/// What the API says about one pod.
+/// One pod's facts from the API.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PodInfo {
     pub name: String,
@@ -74,13 +75,13 @@ pub enum ApiState {
     Unreachable,
 }
 
-/// The answer to a pod lookup.
+/// The result of a pod lookup.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PodLookup {
     Found(Arc<PodInfo>),
     /// The API is synced and does not list the pod (yet).
     NotInApi,
-    /// The API has not answered; the pod may exist.
+    /// The API has not responded, so the pod may exist.
     Unreachable,
     Disabled,
 }
@@ -107,7 +108,7 @@ impl PodDirectory {
         })
     }
 
-    /// Increases whenever a lookup could answer differently.
+    /// Returns a counter that increases whenever a lookup result could change.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

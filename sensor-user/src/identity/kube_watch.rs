@@ -4,8 +4,8 @@
 //! The watcher lists the pods whose `spec.nodeName` is this node, then
 //! watches them, re-listing after a lost watch and backing off after
 //! errors. Any error marks the directory unreachable, so records of pods
-//! it has not listed say `api_unreachable`; the daemon never waits on the
-//! API.
+//! it has not listed carry `api_unreachable`. The watcher runs as its own
+//! task, and the event loop only reads the directory it fills.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -42,7 +42,7 @@ pub enum KubeWatchError {
     },
 }
 
-/// Where and as whom the watcher connects.
+/// The API server and credentials the watcher uses.
 #[derive(Debug, Clone)]
 struct Target {
     url: String,

@@ -18,13 +18,15 @@
 //! cgroup after their exec (the exec's cgroup is kept), user names from
 //! directory services (only the passwd file is read), or user names inside
 //! containers. A cgroup created and removed between two drains of the ring
-//! buffer cannot be named from its id, and is reported `cgroup_not_found`.
+//! buffer is named only if the inotify watch ([`discover`]) saw it created;
+//! otherwise its processes are reported `cgroup_not_found`.
 //!
 //! Work is cached per cgroup id, so an event costs one hash lookup and two
 //! reference-count increments; files are read once per cgroup and again
 //! only while metadata is missing.
 
 pub mod cgroup;
+pub mod discover;
 pub mod index;
 pub mod kube;
 #[cfg(feature = "kube-api")]
@@ -82,15 +84,15 @@ pub struct Workload {
     pub slice: Option<String>,
     pub user_unit: Option<String>,
     pub session: Option<String>,
-    /// Where the facts came from, such as `cgroup_path`, `containerd_bundle`
-    /// or `kube_api`.
+    /// Sources of the facts, such as `cgroup_path`, `containerd_bundle` or
+    /// `kube_api`.
     pub sources: Vec<&'static str>,
     /// Field name to reason code, for fields that apply but are unknown.
     pub unknown: Vec<(&'static str, &'static str)>,
 }
 
 impl Workload {
-    /// A workload of unknown kind, for the reason given.
+    /// Builds a workload of unknown kind, for the reason given.
     fn unknown(reason: &'static str) -> Workload {
         Workload { unknown: vec![("kind", reason)], ..Workload::empty(WorkloadKind::Unknown) }
     }
@@ -281,11 +283,22 @@ impl Identity {
                 None
             }
         };
+        let discovered = cgroup_root.as_deref().and_then(|root| match discover::start(root, config.max_cgroups) {
+            Ok(discovered) => Some(discovered),
+            Err(error) => {
+                log::warn!("containers that exit within one drain interval may be unknown (cgroup_not_found): {error}");
+                None
+            }
+        });
         let pods = kube::start_watch(config);
-        Identity::new(config, cgroup_root, pods)
+        let mut identity = Identity::new(config, cgroup_root, pods);
+        if let Some(discovered) = discovered {
+            identity.index.set_discovered(discovered);
+        }
+        identity
     }
 
-    /// The stage's settings and state, for the `sensor.start` record.
+    /// Returns the stage's settings and state, for the `sensor.start` record.
     pub fn summary(&self) -> serde_json::Value {
         serde_json::json!({
             "cgroup_root": self.index.root(),
@@ -513,7 +526,7 @@ fn mark_missing_fields(workload: &mut Workload) {
     }
 }
 
-/// Adds what the Kubernetes API knows about the workload's pod: service
+/// Merges the Kubernetes API's facts about the workload's pod: service
 /// account and labels, and names the node's files lacked.
 fn merge_pod_api(mut workload: Workload, pods: &PodDirectory) -> Workload {
     let lookup = match (workload.pod_uid.as_deref(), workload.namespace.as_deref(), workload.pod.as_deref()) {

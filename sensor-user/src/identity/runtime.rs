@@ -14,7 +14,7 @@
 //!    pod's. Neither gives the image.
 //!
 //! Every root is configurable, because a DaemonSet mounts the host's
-//! directories wherever its manifest says.
+//! directories wherever its manifest puts them.
 
 use std::{
     collections::BTreeMap,
@@ -48,7 +48,7 @@ pub enum RuntimeMetadataError {
     TooLarge { path: PathBuf },
 }
 
-/// Where each runtime keeps its per-container files.
+/// The directories where each runtime keeps its per-container files.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeRoots {
     /// containerd task roots, each holding `NAMESPACE/ID/config.json`.
@@ -72,7 +72,7 @@ pub enum ContainerType {
     Sandbox,
 }
 
-/// What the node's files say about one container.
+/// One container's facts from the node's files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerMetadata {
     pub runtime: Option<Runtime>,
@@ -95,8 +95,8 @@ pub struct PodLogFacts {
 }
 
 /// Finds the metadata of `container`, trying the runtime the cgroup named
-/// first. Returns `Ok(None)` when no source knows the id; a file that exists
-/// but cannot be parsed is an error naming it.
+/// first. Returns `Ok(None)` when no source names the id, and an error
+/// naming the file when one exists but cannot be parsed.
 pub fn find_container(roots: &RuntimeRoots, container: &ContainerRef) -> Result<Option<ContainerMetadata>, RuntimeMetadataError> {
     let id = container.id.as_str();
     let order: &[Runtime] = match container.runtime {
@@ -153,7 +153,7 @@ fn find_storage_bundle(
             let mut metadata = metadata_from_bundle(&value, "crio_bundle");
             if metadata.runtime.is_none() {
                 // No CRI-O annotations: a Podman container, unless the
-                // cgroup said otherwise.
+                // cgroup path named another runtime.
                 metadata.runtime = Some(hint.unwrap_or(Runtime::Podman));
             }
             if metadata.runtime == Some(Runtime::Podman) {
@@ -229,7 +229,7 @@ pub fn metadata_from_bundle(config: &Value, source: &'static str) -> ContainerMe
     metadata
 }
 
-/// The pod labels in CRI-O's `io.kubernetes.cri-o.Labels` JSON string,
+/// Extracts the pod labels from CRI-O's `io.kubernetes.cri-o.Labels` JSON string,
 /// without the kubelet's own `io.kubernetes.*` bookkeeping labels.
 fn embedded_labels(text: Option<&str>) -> BTreeMap<String, String> {
     let Some(Ok(Value::Object(map))) = text.map(serde_json::from_str::<Value>) else { return BTreeMap::new() };

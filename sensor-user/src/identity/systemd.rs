@@ -4,8 +4,8 @@
 //! libraries or ask a directory server, which is slow, blocks the event loop
 //! and can differ between the host and the sensor's container. The file is
 //! read from a configurable path so a DaemonSet reads the host's copy, and
-//! it is read again when its modification time changes. Users that only a
-//! directory service knows (LDAP, SSSD) are therefore reported unknown.
+//! it is read again when its modification time changes. Users that exist
+//! only in a directory service (LDAP, SSSD) are therefore reported unknown.
 //!
 //! systemd units, slices and login sessions come from the cgroup path; see
 //! [`super::cgroup`].
@@ -65,7 +65,7 @@ pub struct Users {
     names: HashMap<u32, Arc<str>>,
     modified: Option<SystemTime>,
     checked_ns: Option<u64>,
-    /// Why the last load failed, for the `user` unknown reason.
+    /// The last load's error, for the `user` unknown reason.
     pub load_error: Option<String>,
 }
 

@@ -1,5 +1,5 @@
-//! The identity stage end to end on fixture trees: a directory tree stands
-//! in for the cgroup2 mount (the index reads only directory names and inode
+//! The identity stage end to end on fixture trees: a directory tree replaces
+//! the cgroup2 mount (the index reads only directory names and inode
 //! numbers), beside runtime roots and a passwd file.
 
 use std::{os::unix::fs::MetadataExt as _, path::PathBuf};
