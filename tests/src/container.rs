@@ -57,7 +57,7 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|path| path.exists())
 }
 
-/// The statically linked busybox that the rootfs is made of.
+/// Returns the statically linked busybox that the rootfs is made of.
 fn busybox() -> Option<PathBuf> {
     ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| p.exists())
 }
@@ -75,12 +75,12 @@ fn cgroup_mounts() -> Vec<(PathBuf, bool)> {
         .collect()
 }
 
-/// The cgroup2 mount: `/sys/fs/cgroup/unified` on hybrid hosts.
+/// Returns the cgroup2 mount: `/sys/fs/cgroup/unified` on hybrid hosts.
 pub fn cgroup2_root() -> Option<PathBuf> {
     cgroup_mounts().into_iter().find(|(_, v2)| *v2).map(|(path, _)| path)
 }
 
-/// A 64-digit hex id, unique per call, shaped like a container id.
+/// Returns a 64-digit hex id, unique per call, shaped like a container id.
 pub fn random_container_id() -> String {
     let seed = crate::unique_marker("id");
     // Four rounds of splitmix64 over the marker's bytes.
@@ -96,7 +96,7 @@ pub fn random_container_id() -> String {
     id
 }
 
-/// A random RFC 4122 version 4 pod UID.
+/// Returns a random RFC 4122 version 4 pod UID.
 pub fn random_pod_uid() -> String {
     let hex = random_container_id();
     format!("{}-{}-4{}-8{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
@@ -272,7 +272,7 @@ impl Drop for Container {
     }
 }
 
-/// A busybox rootfs: the static binary and a link per applet used.
+/// Creates a busybox rootfs: the static binary and a link per applet used.
 fn make_rootfs(rootfs: &Path) {
     let bin = rootfs.join("bin");
     std::fs::create_dir_all(&bin).expect("create rootfs/bin");
@@ -287,8 +287,8 @@ fn make_rootfs(rootfs: &Path) {
     writeln!(passwd, "root:x:0:0:root:/:/bin/sh").expect("write etc/passwd");
 }
 
-/// A minimal OCI runtime spec, as `runc spec` writes it, for a container
-/// that runs `command` as root with the host's network.
+/// Builds a minimal OCI runtime spec, as `runc spec` writes it, for a
+/// container that runs `command` as root with the host's network.
 fn oci_config(rootfs: &Path, cgroups_path: &str, annotations: Value, command: &[&str]) -> Value {
     let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
     json!({
@@ -320,7 +320,7 @@ fn oci_config(rootfs: &Path, cgroups_path: &str, annotations: Value, command: &[
     })
 }
 
-/// The annotations containerd's CRI plugin writes into a container's bundle.
+/// Returns the annotations containerd's CRI plugin writes into a bundle.
 pub fn containerd_annotations(pod: &str, namespace: &str, pod_uid: &str, container: &str, image: &str) -> Value {
     json!({
         "io.kubernetes.cri.container-type": "container",
@@ -333,7 +333,7 @@ pub fn containerd_annotations(pod: &str, namespace: &str, pod_uid: &str, contain
     })
 }
 
-/// The annotations CRI-O writes into a container's bundle.
+/// Returns the annotations CRI-O writes into a container's bundle.
 pub fn crio_annotations(pod: &str, namespace: &str, pod_uid: &str, container: &str, image: &str) -> Value {
     json!({
         "io.kubernetes.cri-o.ContainerType": "container",
