@@ -17,13 +17,14 @@ pub const ARGV_CAPACITY: usize = 8192;
 pub const FILENAME_CAPACITY: usize = 256;
 /// Bytes of the executable's file name (its dentry name, not a full path).
 pub const EXE_NAME_CAPACITY: usize = 64;
-/// Bytes of the executable's path, built in the kernel from its dentry
-/// chain as NUL-terminated components, leaf first.
-pub const EXE_PATH_CAPACITY: usize = 512;
-/// Bytes read per path component; longer names are cut and flagged.
-pub const EXE_PATH_COMPONENT: usize = 64;
-/// Components walked per path before the walk stops and flags truncation.
-pub const EXE_PATH_MAX_COMPONENTS: usize = 24;
+/// Bytes per path component slot of [`ExecEvent::exe_path`]; longer names
+/// are cut and flagged.
+pub const EXE_PATH_COMPONENT: usize = 48;
+/// Component slots of [`ExecEvent::exe_path`]: the deepest path the kernel
+/// builds. Fixed slots keep the verifier's work linear in the depth.
+pub const EXE_PATH_MAX_COMPONENTS: usize = 12;
+/// Bytes of the executable's path buffer.
+pub const EXE_PATH_CAPACITY: usize = EXE_PATH_COMPONENT * EXE_PATH_MAX_COMPONENTS;
 /// Length of `task_struct::comm`.
 pub const COMM_LEN: usize = 16;
 /// Bytes of a socket address copied from a `connect` call: a `sockaddr_in6`.
@@ -146,16 +147,15 @@ pub struct ExecEvent {
     /// `argv_len`.
     pub argv_total_len: u32,
     pub filename_len: u32,
-    /// Bytes of `exe_path` used.
+    /// Component slots of `exe_path` used.
     pub exe_path_len: u32,
     pub comm: [u8; COMM_LEN],
     pub exe_name: [u8; EXE_NAME_CAPACITY],
     pub filename: [u8; FILENAME_CAPACITY],
-    /// The executable's path components from its dentry chain, each
-    /// NUL-terminated, leaf first, crossing mount points up to the
-    /// process's mount namespace root; one component of spare room lets
-    /// the programs write a component at any offset below the capacity.
-    pub exe_path: [u8; EXE_PATH_CAPACITY + EXE_PATH_COMPONENT],
+    /// The executable's path components from its dentry chain, one per
+    /// `EXE_PATH_COMPONENT`-byte slot, each NUL-terminated, leaf first,
+    /// crossing mount points up to the process's mount namespace root.
+    pub exe_path: [u8; EXE_PATH_CAPACITY],
     /// NUL-separated arguments, as laid out by the kernel in the new image.
     pub argv: [u8; ARGV_CAPACITY],
 }
@@ -524,7 +524,7 @@ pub struct ConnectArgs {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 112 + 16 + 64 + 256 + EXE_PATH_CAPACITY + EXE_PATH_COMPONENT + ARGV_CAPACITY);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 112 + 16 + 64 + 256 + EXE_PATH_CAPACITY + ARGV_CAPACITY);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);

@@ -351,15 +351,17 @@ fn read_exe_and_argv(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg:
 /// Builds the executable's path from its dentry chain, crossing mount
 /// points, because a process that exits at once leaves no /proc/PID/exe for
 /// the daemon to read.
-fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, mut dentry: u64, off: &KernelOffsets) {
+fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, dentry: u64, off: &KernelOffsets) {
     let vfsmount: u64 = read_kernel(exe_file, off.file_vfsmount);
     let mut mount = vfsmount.wrapping_sub(off.mount_mnt as u64);
-    let mut used: u64 = 0;
+    let mut dentry = dentry;
+    let mut slots = 0u32;
     let mut complete = false;
-    for _ in 0..EXE_PATH_MAX_COMPONENTS {
+    for slot in 0..EXE_PATH_MAX_COMPONENTS {
         let mount_root: u64 = read_kernel(mount + off.mount_mnt as u64, off.vfsmount_root);
-        let parent: u64 = read_kernel(dentry, off.dentry_parent);
-        if dentry == mount_root || dentry == parent {
+        if dentry == mount_root {
+            // The top of this mount: continue from where it is mounted, or
+            // stop at the root of the mount tree.
             let parent_mount: u64 = read_kernel(mount, off.mount_parent);
             if parent_mount == mount || parent_mount == 0 {
                 complete = true;
@@ -367,19 +369,18 @@ fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, mut dentry: u64, off: &Ke
             }
             dentry = read_kernel(mount, off.mount_mountpoint);
             mount = parent_mount;
-            continue;
         }
-        let name: u64 = read_kernel(dentry, off.dentry_name);
-        let at = (used & (EXE_PATH_CAPACITY as u64 - 1)) as usize;
-        if used >= EXE_PATH_CAPACITY as u64 {
+        let parent: u64 = read_kernel(dentry, off.dentry_parent);
+        if parent == dentry {
+            complete = true;
             break;
         }
-        // SAFETY: `at` is below EXE_PATH_CAPACITY and the buffer has one
-        // component of spare room, so the copy stays in bounds; the helper
-        // validates the source.
+        let name: u64 = read_kernel(dentry, off.dentry_name);
+        // SAFETY: each slot is a fixed, in-bounds range of the buffer; the
+        // helper validates the source and bounds the copy to the slot.
         let copied = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
-                event.exe_path.as_mut_ptr().add(at).cast(),
+                event.exe_path.as_mut_ptr().add(slot * EXE_PATH_COMPONENT).cast(),
                 EXE_PATH_COMPONENT as u32,
                 name as *const _,
             )
@@ -390,14 +391,12 @@ fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, mut dentry: u64, off: &Ke
         if copied as usize >= EXE_PATH_COMPONENT {
             event.header.flags |= EXEC_FLAG_EXE_PATH_TRUNCATED;
         }
-        used += copied as u64;
+        slots += 1;
         dentry = parent;
     }
-    event.exe_path_len = used.min(EXE_PATH_CAPACITY as u64) as u32;
-    if complete && used > 0 {
-        event.header.flags |= EXEC_FLAG_EXE_PATH;
-    } else if used > 0 {
-        event.header.flags |= EXEC_FLAG_EXE_PATH_TRUNCATED;
+    event.exe_path_len = slots;
+    if slots > 0 {
+        event.header.flags |= if complete { EXEC_FLAG_EXE_PATH } else { EXEC_FLAG_EXE_PATH_TRUNCATED };
     }
 }
 

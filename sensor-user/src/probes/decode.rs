@@ -9,7 +9,7 @@ use core::mem::{offset_of, size_of};
 
 use sensor_common::{
     ConnectEvent, ConnectResultEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, ForkEvent,
-    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, EXE_PATH_CAPACITY, FILENAME_CAPACITY, PATH_CAPACITY,
+    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, EXE_PATH_COMPONENT, EXE_PATH_MAX_COMPONENTS, FILENAME_CAPACITY, PATH_CAPACITY,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,10 +132,10 @@ fn c_str(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Joins the kernel's leaf-first, NUL-terminated path components into an
-/// absolute path.
-pub fn join_exe_path(components: &[u8]) -> Option<String> {
-    let parts: Vec<&[u8]> = components.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
+/// Joins the kernel's leaf-first path component slots into an absolute
+/// path.
+pub fn join_exe_path(slots: &[u8]) -> Option<String> {
+    let parts: Vec<&[u8]> = slots.chunks(EXE_PATH_COMPONENT).map(c_str).filter(|p| !p.is_empty()).collect();
     if parts.is_empty() {
         return None;
     }
@@ -249,8 +249,8 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec<'_>, DecodeError> {
         exe_nlink: read(bytes, offset_of!(ExecEvent, exe_nlink))?,
         argv_total_len: read(bytes, offset_of!(ExecEvent, argv_total_len))?,
         exe_path: {
-            let len = (read::<u32>(bytes, offset_of!(ExecEvent, exe_path_len))? as usize).min(EXE_PATH_CAPACITY);
-            field(offset_of!(ExecEvent, exe_path), len)
+            let slots = (read::<u32>(bytes, offset_of!(ExecEvent, exe_path_len))? as usize).min(EXE_PATH_MAX_COMPONENTS);
+            field(offset_of!(ExecEvent, exe_path), slots * EXE_PATH_COMPONENT)
         },
         comm: c_str(field(offset_of!(ExecEvent, comm), COMM_LEN)),
         exe_name: c_str(field(offset_of!(ExecEvent, exe_name), EXE_NAME_CAPACITY)),
@@ -324,8 +324,12 @@ mod tests {
 
     #[test]
     fn exe_path_components_join() {
-        assert_eq!(join_exe_path(b"true\0bin\0usr\0").as_deref(), Some("/usr/bin/true"));
-        assert_eq!(join_exe_path(b"x\0").as_deref(), Some("/x"));
+        let mut slots = vec![0u8; 3 * EXE_PATH_COMPONENT];
+        for (i, name) in ["true", "bin", "usr"].iter().enumerate() {
+            slots[i * EXE_PATH_COMPONENT..][..name.len()].copy_from_slice(name.as_bytes());
+        }
+        assert_eq!(join_exe_path(&slots).as_deref(), Some("/usr/bin/true"));
+        assert_eq!(join_exe_path(&slots[..EXE_PATH_COMPONENT]).as_deref(), Some("/true"));
         assert_eq!(join_exe_path(b""), None);
     }
 
