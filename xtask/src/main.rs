@@ -155,7 +155,9 @@ fn test(args: &[String]) -> Result<()> {
         .env("AGENT_SENSOR_EBPF_OBJECT", ebpf_object())
         .env("AGENT_SENSOR_BIN", &binary)
         .env("AGENT_SENSOR_WORKLOAD_BIN", root.join("target/release/workload"))
-        .args(["test", "--release", "--workspace"]);
+        // Every test binary runs even when an earlier one fails, so one run
+        // shows all failures.
+        .args(["test", "--release", "--workspace", "--no-fail-fast"]);
     if !args.is_empty() {
         command.arg("--").args(args);
     }
