@@ -113,11 +113,13 @@ fn summary(sensor: &Sensor, agent_id: &str) -> Value {
     }
 }
 
-/// Runs the four-tool scenario: three tools reported, `cat /etc/hostname` not.
+/// Runs the four-tool scenario: three tools reported, `cat /etc/hostname`
+/// not. The second passes its span's trace context in its environment and
+/// lives a second, so the sensor reads it there before the process exits.
 fn run_three_of_four(setup: &Setup) -> (u32, String) {
     let steps = json!([
         { "run": "echo first", "report": true },
-        { "run": "ls /", "report": true },
+        { "run": "sleep 1; ls /", "report": true, "traceparent": true },
         { "run": "cat /etc/hostname" },
         { "run": "id -u", "report": true },
     ]);
@@ -135,7 +137,8 @@ fn reconcile_unreported_fourth_tool() {
 
     let summary = summary(&setup.sensor, &agent_id);
     assert_eq!(summary["reconcile"]["text"], "3 of 4 observed actions reported", "{summary}");
-    assert_eq!(summary["reconcile"]["matched_by"]["command"], 3, "{summary}");
+    assert_eq!(summary["reconcile"]["matched_by"]["command"], 2, "{summary}");
+    assert_eq!(summary["reconcile"]["matched_by"]["trace_context"], 1, "{summary}");
     let records = setup.sensor.records();
     let unreported = of_agent(&records, "finding.unreported_action", &agent_id);
     assert_eq!(unreported.len(), 1, "{unreported:#?}");
@@ -147,6 +150,12 @@ fn reconcile_unreported_fourth_tool() {
     assert_eq!(observed["argv"], json!(["sh", "-c", "cat /etc/hostname"]));
     assert_eq!(finding["finding"]["evidence"]["reported"]["telemetry_received"], true);
     assert!(of_agent(&records, "finding.unobserved_claim", &agent_id).is_empty());
+    let traced = records
+        .iter()
+        .find(|r| r["kind"] == "tool.spawn" && r["process"]["parent"]["pid"] == pid && r["trace_context"].is_object())
+        .unwrap_or_else(|| panic!("no tool.spawn of the agent carries trace_context"));
+    assert_eq!(traced["process"]["argv"], json!(["sh", "-c", "sleep 1; ls /"]));
+    assert!(traced["trace_context"]["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "{traced}");
 }
 
 #[test]
@@ -232,16 +241,23 @@ fn reconcile_parallel_agents_never_cross() {
 }
 
 /// Sends one HTTP/1.1 request and returns the status, or `None` when the
-/// connection closed without one.
-fn http_request(addr: SocketAddr, head: &str, body: &[u8]) -> Option<u16> {
+/// connection closed without one. With `half_close` the client shuts down
+/// its write side after the body, as some clients do.
+fn http_request_with(addr: SocketAddr, head: &str, body: &[u8], half_close: bool) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     stream.write_all(head.as_bytes()).ok()?;
     stream.write_all(body).ok()?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).ok()?;
+    }
     let mut response = String::new();
     BufReader::new(stream).read_line(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn http_request(addr: SocketAddr, head: &str, body: &[u8]) -> Option<u16> {
+    http_request_with(addr, head, body, false)
 }
 
 fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Option<u16> {
@@ -380,9 +396,14 @@ fn reconcile_fuzzed_endpoint_keeps_serving() {
     assert_eq!(http_request(addr, &gzip, b"{}"), Some(415));
     // A body shorter than its declared length, then the client stops.
     let short = format!("POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n");
-    if http_request(addr, &short, b"{}") == Some(400) {
-        bad_requests += 1;
-    }
+    assert_eq!(http_request_with(addr, &short, b"{}", true), Some(400));
+    bad_requests += 1;
+    // A valid body from a client that half-closes after sending it.
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        json.len()
+    );
+    assert_eq!(http_request_with(addr, &head, json.as_bytes(), true), Some(200));
     assert_eq!(http_request(addr, "GARBAGE\r\n\r\n", b""), Some(400));
 
     // Still serving: a valid request in each encoding is accepted.

@@ -96,7 +96,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             let state = Arc::new(Mutex::new(PeerState::default()));
             let timeout = Duration::from_millis(shared.config.request_timeout_ms);
             let service = service_fn(move |request| handle(request, shared.clone(), peer, local, state.clone()));
+            // Half-closing clients (shutdown of their write side after the
+            // body) still get their response.
             let connection = http1::Builder::new()
+                .half_close(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service);

@@ -39,6 +39,13 @@ impl Live {
         if record.agent.is_none() || !OBSERVED_KINDS.contains(&record.head.kind) {
             return;
         }
+        // Only writes tie a JSON-lines file to its writer, and reads are
+        // the bulk of an agent tree's file records.
+        let read_only = record.head.kind == "file.open"
+            && record.sections.get("file").and_then(|f| f.get("access")).and_then(|a| a.as_str()) == Some("read");
+        if read_only {
+            return;
+        }
         match serde_json::to_value(record) {
             Ok(value) => self.engine.observe(&value, record.head.time_unix_nano),
             Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),

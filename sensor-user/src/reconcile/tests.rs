@@ -631,3 +631,39 @@ fn any_json(value: &AnyValue) -> Value {
         _ => json!({}),
     }
 }
+
+#[test]
+fn jsonl_report_bound_to_file_writer() {
+    let agent = Agent::new(100, "b-1");
+    let mut engine = Reconciler::new(config());
+    engine.observe(&agent.detected(T0), T0);
+    let write = json!({ "kind": "file.open", "time_unix_nano": T0, "agent": agent.section(),
+        "process": { "pid": 100, "exec_id": agent.agent_id }, "file": { "path": "/tmp/agent/tools.jsonl", "access": "write" } });
+    engine.observe(&write, T0);
+    engine.observe(&agent.spawn(201, &["sh", "-c", "make"], None, T0 + SEC), T0 + SEC);
+    let line = json!({ "tool_name": "bash", "command": "make", "timestamp": (T0 + SEC) / 1_000 });
+    let report = report::from_json_line(&line, &FieldMap::default(), "/tmp/agent/tools.jsonl", 0).unwrap();
+    engine.report(report, T0 + 2 * SEC);
+    let outputs = engine.finish(T0 + 10 * SEC);
+    assert!(kinds(&outputs, "finding.unreported_action").is_empty(), "{outputs:#?}");
+    assert_eq!(kinds(&outputs, "reconcile.summary")[0]["reconcile"]["matches"][0]["basis"], "command");
+}
+
+#[test]
+fn config_problems_name_key_and_line() {
+    let text = "[ingest]\nlisten = \"0.0.0.0:4318\"\nupstream = \"https://collector:4318\"\n\n[reconcile]\ngrace_ms = 0\n";
+    let problems = crate::config::Config::parse(text).unwrap_err();
+    let find = |key: &str| problems.iter().find(|p| p.key == key).unwrap_or_else(|| panic!("no problem for {key}: {problems:?}"));
+    assert_eq!(find("ingest.listen").line, Some(2));
+    assert!(find("ingest.listen").message.contains("loopback"));
+    assert_eq!(find("ingest.upstream").line, Some(3));
+    assert_eq!(find("reconcile.grace_ms").line, Some(6));
+    let problems = crate::config::Config::parse("[ingest]\nmax_body_size = 5\n").unwrap_err();
+    assert_eq!(problems[0].line, Some(2), "unknown keys are rejected");
+    let parsed = crate::config::Config::parse(
+        "[[ingest.jsonl]]\npath = \"/var/log/agent.jsonl\"\nfields = { tool_name = \"tool\", timestamp = \"ts\" }\n",
+    )
+    .unwrap();
+    assert_eq!(parsed.ingest.jsonl[0].fields.tool_name, "tool");
+    assert_eq!(parsed.ingest.jsonl[0].fields.session_id, "session_id", "unset fields keep their default");
+}
