@@ -5,7 +5,7 @@
 //! within one drain interval of the ring buffer (20 ms by default) is gone
 //! before its first exec is read. A thread therefore watches every cgroup
 //! directory for new subdirectories and records each one's id and path the
-//! moment it appears; the index consults that record on a miss.
+//! moment it appears. The index consults that record on a miss.
 //!
 //! Only directories created by `mkdir(2)` raise inotify events, which is how
 //! systemd, runc and the kubelet create cgroups. The watches are bounded; a
