@@ -225,8 +225,7 @@ impl LlmServer {
             .arg(dir.path().join("server.pem"))
             .arg("--key")
             .arg(dir.path().join("server.key"))
-            .arg("--response-marker")
-            .arg(&response_marker);
+            .env("LLM_RESPONSE_MARKER", &response_marker);
         for name in dns_names {
             command.arg("--dns-name").arg(name);
         }

@@ -535,10 +535,20 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
+/// Returns the line of `haystack` that contains `needle`, if any.
+fn line_containing(haystack: &[u8], needle: &str) -> Option<String> {
+    let at = haystack
         .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+        .position(|w| w == needle.as_bytes())?;
+    let start = haystack[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |n| n + 1);
+    let end = haystack[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(haystack.len(), |n| at + n);
+    Some(String::from_utf8_lossy(&haystack[start..end]).into_owned())
 }
 
 #[test]
@@ -633,21 +643,20 @@ fn secrets_never_written() {
     );
 
     for (name, bytes) in &outputs {
-        assert!(
-            !contains(bytes, &api_key),
-            "{} contains the API key",
-            name.display()
-        );
-        assert!(
-            !contains(bytes, &prompt),
-            "{} contains the prompt text",
-            name.display()
-        );
-        assert!(
-            !contains(bytes, &server.response_marker),
-            "{} contains the response text",
-            name.display()
-        );
+        let secrets = [
+            ("the API key", api_key.as_str()),
+            ("the prompt text", prompt.as_str()),
+            ("the response text", server.response_marker.as_str()),
+        ];
+        for (what, secret) in secrets {
+            let line = line_containing(bytes, secret);
+            assert!(
+                line.is_none(),
+                "{} contains {what}: {}",
+                name.display(),
+                line.unwrap_or_default()
+            );
+        }
     }
 }
 
