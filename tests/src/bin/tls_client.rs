@@ -5,11 +5,14 @@
 //! ```text
 //! tls_client --ca CA.pem --host NAME [--port 443] --path /v1/... --body JSON
 //!            [--header 'Name: value']... [--repeat N] [--split-hello BYTES]
+//!            [--linger-ms MS]
 //! ```
 //!
 //! `--split-hello BYTES` sends the first TLS flight (the ClientHello) in
 //! two `write` calls, the first one `BYTES` long, as a client with a small
-//! socket buffer or an unusual TLS stack might.
+//! socket buffer or an unusual TLS stack might. `--linger-ms MS` keeps the
+//! process alive that long after its last request, as a long-running agent
+//! would be, so the sensor can still read its memory map.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -33,6 +36,7 @@ struct Options {
     headers: Vec<String>,
     repeat: u32,
     split_hello: Option<usize>,
+    linger: std::time::Duration,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -45,6 +49,7 @@ fn parse_options() -> Result<Options, String> {
         headers: Vec::new(),
         repeat: 1,
         split_hello: None,
+        linger: std::time::Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -70,6 +75,12 @@ fn parse_options() -> Result<Options, String> {
                     .parse()
                     .map_err(|e| format!("invalid --split-hello: {e}"))?;
                 options.split_hello = Some(bytes);
+            }
+            "--linger-ms" => {
+                let ms = value()?
+                    .parse()
+                    .map_err(|e| format!("invalid --linger-ms: {e}"))?;
+                options.linger = std::time::Duration::from_millis(ms);
             }
             other => return Err(format!("unknown option {other}")),
         }
@@ -212,5 +223,6 @@ fn main() -> ExitCode {
             }
         }
     }
+    std::thread::sleep(options.linger);
     ExitCode::SUCCESS
 }
