@@ -246,8 +246,8 @@ impl OutputConfig {
 pub struct EvidenceConfig {
     /// Write a checkpoint after this many records.
     pub checkpoint_every_records: u64,
-    /// Write a checkpoint when records written this many seconds ago are
-    /// not yet covered by one.
+    /// Longest time in seconds a record waits for a checkpoint to cover
+    /// it; the daemon checks once a second.
     pub checkpoint_interval_secs: u64,
     /// ed25519 private key that signs checkpoints: PKCS#8 PEM or a file of
     /// 32 raw bytes. Empty: checkpoints are written unsigned.

@@ -45,10 +45,10 @@ pub enum KeyError {
         source: std::io::Error,
     },
     #[error(
-        "invalid key file {path}: {reason}; expected an ed25519 {what} in PEM (as `agent-sensor keygen` or \
+        "invalid key file {path}: {reason}; expected an ed25519 {key_kind} in PEM (as `agent-sensor keygen` or \
          `openssl genpkey -algorithm ed25519` writes it) or exactly 32 raw bytes"
     )]
-    Format { path: PathBuf, what: &'static str, reason: String },
+    Format { path: PathBuf, key_kind: &'static str, reason: String },
     #[error("cannot write key file {path}")]
     Write {
         path: PathBuf,
@@ -153,8 +153,9 @@ pub fn sign_record(record: &mut [u8], signer: &Signer) -> bool {
 }
 
 /// Splits a signed checkpoint record into the message its signature covers
-/// (the record with 128 zeros in place of the signature) and the
-/// signature; `None` unless the record has exactly one signature member.
+/// and the signature. The message is the record with 128 zeros in place of
+/// the signature. Returns `None` unless the record has exactly one
+/// signature member.
 pub fn signed_message(record: &[u8]) -> Option<(Vec<u8>, [u8; 64])> {
     let start = signature_position(record)?;
     let hex = std::str::from_utf8(&record[start..start + SIGNATURE_HEX_LEN]).ok()?;
@@ -289,9 +290,9 @@ fn decode_key(
     bytes: &[u8],
     label: &str,
     prefix: &[u8],
-    what: &'static str,
+    key_kind: &'static str,
 ) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    let invalid = |reason: String| KeyError::Format { path: path.to_owned(), what, reason };
+    let invalid = |reason: String| KeyError::Format { path: path.to_owned(), key_kind, reason };
     let mut out = Zeroizing::new([0u8; 32]);
     if bytes.len() == 32 {
         out.copy_from_slice(bytes);
@@ -309,7 +310,7 @@ fn decode_key(
             out.copy_from_slice(key);
             Ok(out)
         }
-        _ => Err(invalid(format!("not an ed25519 {what} of the RFC 8410 form ({} DER bytes)", der.len()))),
+        _ => Err(invalid(format!("not an ed25519 {key_kind} of the RFC 8410 form ({} DER bytes)", der.len()))),
     }
 }
 
@@ -365,7 +366,7 @@ fn base64_encode(data: &[u8]) -> String {
 
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| BASE64.iter().position(|&d| d == c).map(|v| v as u32);

@@ -231,6 +231,8 @@ pub struct Contents {
 }
 
 /// Verifies evidence files read from disk, one at a time.
+// NOTE: each file is read whole into memory. Rotation bounds that at
+// `evidence.rotate_size_bytes` plus a record, but not when it is disabled.
 pub fn verify_paths(paths: &[PathBuf], key: Option<&PublicKey>) -> Result<Report, VerifyError> {
     let mut seen = HashSet::new();
     let mut order = Vec::new();

@@ -179,10 +179,8 @@ impl Sinks {
                 torn.offset
             );
         }
-        if resume.needs_newline {
-            if let Some(file) = &mut self.file {
-                file.append_raw(b"\n")?;
-            }
+        if let (true, Some(file)) = (resume.needs_newline, &mut self.file) {
+            file.append_raw(b"\n")?;
         }
         let Some(view) = RecoveredView::from_resume(resume) else { return Ok(()) };
         let Sinks { stamper, line, .. } = self;
@@ -244,10 +242,8 @@ impl Sinks {
         self.range_start = seq;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        if self.settings.fsync != FsyncPolicy::Never {
-            if let Some(file) = &mut self.file {
-                file.sync_data()?;
-            }
+        if let (true, Some(file)) = (self.settings.fsync != FsyncPolicy::Never, &mut self.file) {
+            file.sync_data()?;
         }
         Ok(())
     }
