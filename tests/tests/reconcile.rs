@@ -378,7 +378,7 @@ fn reconcile_fuzzed_endpoint_keeps_serving() {
         match status {
             Some(200) => {}
             Some(400) => bad_requests += 1,
-            other => panic!("request {round} ({content_type}, {} bytes) answered {other:?}; stderr:\n{}", body.len(), setup.sensor.stderr()),
+            other => panic!("request {round} ({content_type}, {} bytes) got status {other:?}; stderr:\n{}", body.len(), setup.sensor.stderr()),
         }
     }
     assert!(sent >= 100, "only {sent} fuzz requests fit in the time bound");

@@ -87,7 +87,7 @@ enum ForwardError {
     Connect(String, std::io::Error),
     #[error("HTTP with the upstream {0} failed: {1}")]
     Http(String, hyper::Error),
-    #[error("the upstream {0} did not answer in time")]
+    #[error("the upstream {0} timed out")]
     Timeout(String),
 }
 

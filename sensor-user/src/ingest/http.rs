@@ -218,16 +218,17 @@ async fn handle(
         }
     };
 
-    if shared.config.peer_pid && !reports.is_empty() {
-        if let Some(local) = local {
-            let sender = sender_pid(&shared, &state, peer, local, &reports).await;
-            match sender {
-                Some(_) => IngestStats::bump(&stats.peer_pid_found),
-                None => IngestStats::bump(&stats.peer_pid_unknown),
-            }
-            for report in &mut reports {
-                report.sender_pid = sender;
-            }
+    if shared.config.peer_pid
+        && !reports.is_empty()
+        && let Some(local) = local
+    {
+        let sender = sender_pid(&shared, &state, peer, local, &reports).await;
+        match sender {
+            Some(_) => IngestStats::bump(&stats.peer_pid_found),
+            None => IngestStats::bump(&stats.peer_pid_unknown),
+        }
+        for report in &mut reports {
+            report.sender_pid = sender;
         }
     }
     if !reports.is_empty() {
@@ -269,6 +270,7 @@ async fn sender_pid(shared: &Shared, state: &Mutex<PeerState>, peer: SocketAddr,
     if looked_up && inode.is_none() || (scanned && claimed.is_empty()) {
         return None;
     }
+
     let procfs = shared.procfs.clone();
     let max = shared.config.peer_scan_max_processes;
     let search = claimed.clone();
@@ -279,6 +281,7 @@ async fn sender_pid(shared: &Shared, state: &Mutex<PeerState>, peer: SocketAddr,
     })
     .await
     .ok();
+
     let mut state = state.lock().ok()?;
     state.inode_looked_up = true;
     if let Some((inode, pid)) = found {

@@ -57,6 +57,7 @@ impl Tail {
         if metadata.len() <= self.offset {
             return;
         }
+
         let Ok(mut file) = std::fs::File::open(&self.source.path) else { return };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
@@ -64,6 +65,7 @@ impl Tail {
         let mut chunk = Vec::new();
         let Ok(read) = file.take(MAX_READ_PER_POLL).read_to_end(&mut chunk) else { return };
         self.offset += read as u64;
+
         let now = unix_now_ns();
         let mut rest = &chunk[..];
         while let Some(end) = rest.iter().position(|b| *b == b'\n') {

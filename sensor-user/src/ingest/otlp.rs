@@ -6,7 +6,7 @@
 //! agents in the field send it: numbers and booleans may arrive as strings
 //! or the other way round, enums may be given by name, keys may be
 //! lowerCamelCase or snake_case, ids may be base64 (the protobuf JSON
-//! mapping) when their length says so, and unknown fields are ignored.
+//! mapping) when their length fits, and unknown fields are ignored.
 //! Containers of the wrong JSON type, invalid ids and bodies that are not
 //! JSON are rejected with the path of the offending field.
 
@@ -183,7 +183,7 @@ pub fn decode_id(text: &str, bytes: usize) -> Option<Vec<u8>> {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

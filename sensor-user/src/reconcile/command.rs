@@ -140,10 +140,10 @@ pub fn compare(reported: &str, argv: &[String]) -> Option<Agreement> {
         if joined == reported_normal {
             return Some(Agreement::Command);
         }
-        if let (Some(first), Some(program)) = (words.first(), argv.first()) {
-            if basename(first) == basename(program) {
-                return Some(Agreement::Program);
-            }
+        if let (Some(first), Some(program)) = (words.first(), argv.first())
+            && basename(first) == basename(program)
+        {
+            return Some(Agreement::Program);
         }
     }
     None

@@ -276,12 +276,14 @@ impl Reconciler {
         let time_ns = record.get("time_unix_nano").and_then(Value::as_u64).unwrap_or(now_ns);
         let session = text(agent, "session_id").unwrap_or_default();
         let process = record.get("process");
+
         let pid = process.and_then(|p| p.get("pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok());
         let state = self.agents.entry(agent_id.clone()).or_default();
         state.agent = agent.clone();
         if !session.is_empty() && state.sessions.last().is_none_or(|(_, s)| *s != session) {
             state.sessions.push((time_ns, session.clone()));
         }
+
         if let Some(pid) = pid {
             let exited = (kind == "process.exit").then_some(time_ns);
             self.by_pid.insert(pid, PidEntry { agent: agent_id.clone(), exited_ns: exited });
@@ -299,20 +301,20 @@ impl Reconciler {
             }
             "process.exit" => self.on_exit(&agent_id, process, pid, time_ns),
             "agent.session_end" => {
-                if let Some(ended) = record.get("session").and_then(|s| text(s, "id")) {
-                    if let Some(state) = self.agents.get_mut(&agent_id) {
-                        let tally = state.tally(&ended);
-                        tally.ended.get_or_insert((time_ns, "session_end"));
-                    }
+                if let Some(ended) = record.get("session").and_then(|s| text(s, "id"))
+                    && let Some(state) = self.agents.get_mut(&agent_id)
+                {
+                    let tally = state.tally(&ended);
+                    tally.ended.get_or_insert((time_ns, "session_end"));
                 }
             }
             "file.open" | "file.rename" => {
                 let file = record.get("file");
                 let written = file.and_then(|f| f.get("access")).and_then(Value::as_str).is_some_and(|a| a != "read");
-                if let Some(path) = file.and_then(|f| text(f, "new_path").or_else(|| text(f, "path"))) {
-                    if written || kind == "file.rename" {
-                        self.by_file.insert(path, agent_id.clone());
-                    }
+                if let Some(path) = file.and_then(|f| text(f, "new_path").or_else(|| text(f, "path")))
+                    && (written || kind == "file.rename")
+                {
+                    self.by_file.insert(path, agent_id.clone());
                 }
             }
             _ => {}
@@ -325,6 +327,7 @@ impl Reconciler {
         let exec_id = text(process, "exec_id").unwrap_or_default();
         let argv = strings(process.get("argv"));
         let pid = process.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
+
         // A descendant of an action, or a re-exec of its process, belongs
         // to that action.
         let mut ancestry = strings(process.get("ancestry"));
@@ -338,6 +341,7 @@ impl Reconciler {
             }
             return;
         }
+
         let trace_context = record
             .get("trace_context")
             .and_then(|t| t.get("traceparent"))
@@ -406,6 +410,7 @@ impl Reconciler {
             .or_else(|| report.session_id.as_ref().and_then(|s| self.by_session.get(s)).map(|a| (a.clone(), "session_id")))
             .or_else(|| report.file.as_ref().and_then(|f| self.by_file.get(f)).map(|a| (a.clone(), "file_writer")));
         let Some((agent_id, binding)) = found else { return Some(pending) };
+
         pending.binding = binding;
         if let Some(instance) = &report.service_instance_id {
             self.by_instance.entry(instance.clone()).or_insert_with(|| agent_id.clone());
@@ -413,6 +418,7 @@ impl Reconciler {
         if let Some(session) = &report.session_id {
             self.by_session.entry(session.clone()).or_insert_with(|| agent_id.clone());
         }
+
         let state = self.agents.entry(agent_id).or_default();
         let session = state.session_at(pending.report.start_ns).unwrap_or("").to_owned();
         state.tally(&session).telemetry += 1;
@@ -455,10 +461,11 @@ impl Reconciler {
     }
 
     fn basis(&self, report: &Report, action: &Action) -> Option<Basis> {
-        if let (Some((trace, span)), Some(report_span)) = (&action.trace_context, &report.span_id) {
-            if span == report_span && report.trace_id.as_ref().is_none_or(|t| t == trace) {
-                return Some(Basis::TraceContext);
-            }
+        if let (Some((trace, span)), Some(report_span)) = (&action.trace_context, &report.span_id)
+            && span == report_span
+            && report.trace_id.as_ref().is_none_or(|t| t == trace)
+        {
+            return Some(Basis::TraceContext);
         }
         let (from, to) = self.window(report);
         if action.time_ns < from || action.time_ns > to {

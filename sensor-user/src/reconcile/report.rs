@@ -473,6 +473,7 @@ pub fn from_json_line(line: &Value, map: &FieldMap, file: &str, now_ns: u64) -> 
         _ => None,
     });
     let session = lookup(line, &map.session_id).and_then(text_of);
+
     let mcp = [Some(line), lookup(line, &map.mcp_message)]
         .into_iter()
         .flatten()
@@ -499,6 +500,7 @@ pub fn from_json_line(line: &Value, map: &FieldMap, file: &str, now_ns: u64) -> 
         }
         report
     };
+
     report.operation = Operation::ExecuteTool;
     report.session_id = session;
     report.pid = pid.and_then(|p| u32::try_from(p).ok());

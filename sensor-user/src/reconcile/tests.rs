@@ -230,7 +230,7 @@ fn json_lines_field_map_and_mcp() {
     assert_eq!(report.tool_name.as_deref(), Some("run_command"));
     assert_eq!(report.call_id.as_deref(), Some("req-3"));
     assert_eq!(report.command.as_deref(), Some("git status"));
-    assert_eq!(report.start_ns, T0, "milliseconds told apart by size");
+    assert_eq!(report.start_ns, T0, "milliseconds recognised by magnitude");
 
     assert!(report::from_json_line(&json!({ "level": "info" }), &FieldMap::default(), "f", 0).is_none());
     assert!(report::from_json_line(&json!({ "method": "tools/list", "params": {} }), &FieldMap::default(), "f", 0).is_none());
