@@ -371,10 +371,6 @@ fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, dentry: u64, off: &Kernel
             mount = parent_mount;
         }
         let parent: u64 = read_kernel(dentry, off.dentry_parent);
-        if parent == dentry {
-            complete = true;
-            break;
-        }
         let name: u64 = read_kernel(dentry, off.dentry_name);
         // SAFETY: each slot is a fixed, in-bounds range of the buffer; the
         // helper validates the source and bounds the copy to the slot.
@@ -392,6 +388,12 @@ fn walk_exe_path(event: &mut ExecEvent, exe_file: u64, dentry: u64, off: &Kernel
             event.header.flags |= EXEC_FLAG_EXE_PATH_TRUNCATED;
         }
         slots += 1;
+        // A disconnected dentry (a memfd or other pseudo file) is its own
+        // parent: its name, as /proc/PID/exe shows it, is the whole path.
+        if parent == dentry {
+            complete = true;
+            break;
+        }
         dentry = parent;
     }
     event.exe_path_len = slots;

@@ -83,12 +83,10 @@ pub fn errno_name(errno: i32) -> &'static str {
         113 => "EHOSTUNREACH",
         114 => "EALREADY",
         115 => "EINPROGRESS",
-        // Kernel-internal codes a syscall exit tracepoint sees when a signal
-        // interrupts the call; the process sees EINTR or a restarted call.
-        512 => "ERESTARTSYS",
-        513 => "ERESTARTNOINTR",
-        514 => "ERESTARTNOHAND",
-        516 => "ERESTART_RESTARTBLOCK",
+        // Kernel-internal restart codes (ERESTARTSYS and its kin) that a
+        // syscall exit tracepoint sees when a signal interrupts the call:
+        // the process sees EINTR, or the call restarts under SA_RESTART.
+        512..=516 => "EINTR",
         _ => "unknown_errno",
     }
 }
@@ -96,6 +94,15 @@ pub fn errno_name(errno: i32) -> &'static str {
 /// Describes a syscall or handshake result: `ok` or the errno's name.
 pub fn result_name(result: i32) -> &'static str {
     if result == 0 { "ok" } else { errno_name(-result) }
+}
+
+/// Returns the errno the process saw for a result: kernel-internal restart
+/// codes become EINTR (4).
+pub fn user_errno(result: i32) -> i32 {
+    match -result {
+        512..=516 => 4,
+        errno => errno,
+    }
 }
 
 /// A connect whose handshake outcome is still to come.

@@ -219,7 +219,7 @@ impl Pipeline {
                 protocol: pending.protocol,
                 destination: pending.destination,
                 result: crate::net::result_name(pending.syscall_result),
-                errno: Some(-pending.syscall_result),
+                errno: Some(crate::net::user_errno(pending.syscall_result)),
                 outcome: Some("unknown"),
                 connect_id: None,
                 fd: None,

@@ -254,9 +254,14 @@ impl Probes {
                 }
             }
         }
-        let tracepoint_failed = report.degraded.iter().any(|d| d.reason.contains("attach"));
-        if let (Some(error), true) = (tracefs_error, tracepoint_failed) {
-            report.degraded.push(Degraded { hook: "tracefs".to_owned(), reason: format!("{error}; tracepoint hooks cannot attach") });
+        if let Some(error) = tracefs_error {
+            let tracepoint_failed = report.degraded.iter().any(|d| d.reason.contains("attach"));
+            let consequence = if tracepoint_failed {
+                "tracepoint hooks cannot attach"
+            } else {
+                "tracepoints attached through a tracefs mounted elsewhere, but reading tracepoint formats from this path failed"
+            };
+            report.degraded.push(Degraded { hook: "tracefs".to_owned(), reason: format!("{error}; {consequence}") });
         }
         for program in UPROBE_PROGRAMS {
             let loaded = match ebpf.program_mut(program) {
