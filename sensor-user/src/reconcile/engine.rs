@@ -553,11 +553,11 @@ impl Reconciler {
         for id in &finished {
             self.agents.remove(id);
         }
-        let gone = |agent: &Arc<str>| finished.contains(agent);
-        self.by_pid.retain(|_, entry| !gone(&entry.agent));
-        self.by_instance.retain(|_, agent| !gone(agent));
-        self.by_session.retain(|_, agent| !gone(agent));
-        self.by_file.retain(|_, agent| !gone(agent));
+        let is_finished = |agent: &Arc<str>| finished.contains(agent);
+        self.by_pid.retain(|_, entry| !is_finished(&entry.agent));
+        self.by_instance.retain(|_, agent| !is_finished(agent));
+        self.by_session.retain(|_, agent| !is_finished(agent));
+        self.by_file.retain(|_, agent| !is_finished(agent));
     }
 
     fn decide_agent(&mut self, id: &Arc<str>, now_ns: u64, all: bool, outputs: &mut Vec<Output>) {
