@@ -36,6 +36,10 @@ pub struct ProbesConfig {
     /// Bytes of each command line copied at exec; longer ones are cut and
     /// marked truncated. At most 8191.
     pub argv_max_bytes: u32,
+    /// Executables that carry their own OpenSSL (Node.js) hooked at start,
+    /// so their first process's first request is captured; others are
+    /// hooked when a process maps them. Missing paths are skipped.
+    pub tls_executables: Vec<PathBuf>,
     /// Bytes of TLS plaintext copied per `SSL_read`/`SSL_write` call; longer
     /// calls are cut and marked truncated. At most 16383.
     pub tls_max_bytes: u32,
@@ -68,6 +72,7 @@ impl Default for ProbesConfig {
             ring_buffer_bytes: 8 << 20,
             argv_max_bytes: 4095,
             tls_max_bytes: 16383,
+            tls_executables: ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"].into_iter().map(PathBuf::from).collect(),
             report_threads: false,
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 20,

@@ -126,6 +126,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline.emit(*key, "process.snapshot", now, None, |_| {})?;
     }
     pipeline.sinks.flush()?;
+    for path in &config.probes.tls_executables {
+        if let Some(hooked) = pipeline.uprobes.hook_path(&mut probes.ebpf, path) {
+            pipeline.emit_sensor("sensor.tls_hooked", json!(hooked))?;
+        }
+    }
     // Libraries mapped by processes already running are hooked once here;
     // later ones are found at connect and exec.
     for key in keys {

@@ -116,7 +116,11 @@ impl Pipeline {
                     view.core_dumped = false;
                 }
                 self.emit(key, "process.exit", header.time_ns, Some(header.tid), |record| record.exit = Some(view))?;
-                self.llm.forget_process(header.pid);
+                // A client may stop reading at the provider's end-of-stream
+                // event and exit without the final chunk; what was parsed
+                // still makes a record, marked as cut where it was.
+                let unfinished = self.llm.close_process(header.pid);
+                self.on_llm_events(key, unfinished, None)?;
                 self.uprobes.forget(header.pid);
             }
             KernelEvent::Connect(connect) => self.on_connect(key, &connect, probes)?,

@@ -78,7 +78,14 @@ impl UprobeManager {
             if !seen.insert(path) {
                 continue;
             }
-            let host_path = root.join(path.trim_start_matches('/'));
+            // In the sensor's own mount namespace the mapped path is stable;
+            // /proc/PID/root/... vanishes when the process exits, which can
+            // happen between two of the attachments.
+            let host_path = if same_mount_namespace(&self.procfs, pid) {
+                PathBuf::from(path)
+            } else {
+                root.join(path.trim_start_matches('/'))
+            };
             let Ok(meta) = std::fs::metadata(&host_path) else { continue };
             let id = (meta.dev(), meta.ino());
             if self.hooked.contains(&id) {
@@ -104,6 +111,31 @@ impl UprobeManager {
         new
     }
 
+    /// Hooks an executable by path before any process runs it, so its first
+    /// process's first request is captured too (a file first seen at exec
+    /// is hooked only after the daemon reads the exec record).
+    pub fn hook_path(&mut self, ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
+        if !self.enabled {
+            return None;
+        }
+        let meta = std::fs::metadata(path).ok()?;
+        let id = (meta.dev(), meta.ino());
+        if self.hooked.contains(&id) || self.skipped.contains(&id) {
+            return None;
+        }
+        match attach_file(ebpf, path) {
+            Some(hooked) if !hooked.symbols.is_empty() => {
+                log::info!("TLS plaintext probes attached to {} (inode {})", path.display(), meta.ino());
+                self.hooked.insert(id);
+                Some(Hooked { path: path.display().to_string(), inode: meta.ino(), ..hooked })
+            }
+            _ => {
+                self.skipped.insert(id);
+                None
+            }
+        }
+    }
+
     /// Returns why plaintext is unavailable for `pid`, `None` when one of its
     /// mapped files is hooked.
     pub fn plaintext_unavailable(&self, pid: u32) -> Option<&'static str> {
@@ -126,6 +158,13 @@ impl UprobeManager {
     pub fn hooked_files(&self) -> usize {
         self.hooked.len()
     }
+}
+
+/// Returns whether `pid` shares the sensor's mount namespace.
+fn same_mount_namespace(procfs: &Path, pid: u32) -> bool {
+    let own = std::fs::read_link(procfs.join("self/ns/mnt"));
+    let theirs = std::fs::read_link(procfs.join(pid.to_string()).join("ns/mnt"));
+    matches!((own, theirs), (Ok(a), Ok(b)) if a == b)
 }
 
 /// The file path of a `/proc/PID/maps` line, for file-backed mappings.
@@ -158,10 +197,16 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
         if !exported.contains(symbol) {
             continue;
         }
+        // The offset comes from the ELF already read, so aya does not
+        // re-read a large executable (Node.js is about 100 MB) per probe.
+        let Some(offset) = file_offset(&elf, symbol) else {
+            failures.push(format!("{program} at {symbol}: no file offset for the symbol"));
+            continue;
+        };
         let Some(prog) = ebpf.program_mut(program) else { continue };
         let result = <&mut UProbe>::try_from(prog)
             .map_err(|e| error_chain(&e))
-            .and_then(|uprobe| uprobe.attach(*symbol, path, UProbeScope::AllProcesses).map_err(|e| error_chain(&e)));
+            .and_then(|uprobe| uprobe.attach(offset, path, UProbeScope::AllProcesses).map_err(|e| error_chain(&e)));
         match result {
             Ok(_) => {
                 if !symbols.contains(symbol) {
@@ -172,6 +217,22 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
         }
     }
     Some(Hooked { path: path.display().to_string(), inode: 0, symbols, failures })
+}
+
+/// Returns the file offset of a defined symbol: its address translated
+/// through the loadable segment that contains it.
+fn file_offset(elf: &object::File<'_>, symbol: &str) -> Option<u64> {
+    use object::ObjectSegment;
+    let address = elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.is_definition() && s.name().ok() == Some(symbol))?
+        .address();
+    elf.segments().find_map(|segment| {
+        let start = segment.address();
+        let (file_start, file_size) = segment.file_range();
+        (address >= start && address < start + file_size).then(|| address - start + file_start)
+    })
 }
 
 #[cfg(test)]
