@@ -108,7 +108,7 @@ pub const EXEC_FLAG_EXE_UNLINKED: u32 = 1 << 2;
 pub const EXEC_FLAG_NO_PIDNS: u32 = 1 << 3;
 /// The exec path in `filename` was cut at [`FILENAME_CAPACITY`].
 pub const EXEC_FLAG_FILENAME_TRUNCATED: u32 = 1 << 4;
-/// `exe_path` holds the executable's full path, from root to leaf.
+/// `exe_path` contains the executable's full path, from root to leaf.
 pub const EXEC_FLAG_EXE_PATH: u32 = 1 << 5;
 /// `exe_path` was cut: too deep, too long, or a component too long.
 pub const EXEC_FLAG_EXE_PATH_TRUNCATED: u32 = 1 << 6;
@@ -164,7 +164,7 @@ pub struct ExecEvent {
 pub const FORK_FLAG_THREAD: u32 = 1 << 0;
 
 /// A new task from `sched_process_fork`. Threads are dropped in the kernel
-/// unless the configuration asks for them.
+/// unless the configuration requests them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForkEvent {
@@ -201,7 +201,7 @@ pub const CONNECT_FLAG_NO_SOCKET: u32 = 1 << 0;
 /// `connect_id` follows when the handshake ends.
 pub const CONNECT_FLAG_PENDING: u32 = 1 << 1;
 /// The connect returned EINPROGRESS but the handshake ended while the call
-/// was still running, so `async_result` already holds the outcome.
+/// was still running, so `async_result` already contains the outcome.
 pub const CONNECT_FLAG_ASYNC_DONE: u32 = 1 << 2;
 
 /// An IPv4 or IPv6 `connect` call and its return value.
@@ -246,7 +246,7 @@ pub const TLS_CAPACITY: usize = 16384;
 /// Bytes of a file path copied per file event.
 pub const PATH_CAPACITY: usize = 256;
 
-/// What a [`PayloadEvent`] carries.
+/// Kinds of [`PayloadEvent`] content.
 pub const PAYLOAD_STREAM_START: u32 = 1;
 pub const PAYLOAD_DATAGRAM_OUT: u32 = 2;
 pub const PAYLOAD_DATAGRAM_IN: u32 = 3;
@@ -498,7 +498,7 @@ pub struct PendingConnect {
     pub connect_id: u64,
     /// 1 while the connect syscall is running, 2 once it returned EINPROGRESS.
     pub state: u32,
-    /// 1 when `result` holds the handshake's outcome.
+    /// 1 when `result` contains the handshake's outcome.
     pub done: u32,
     pub result: i32,
     pub _pad: u32,

@@ -750,7 +750,7 @@ fn masked(len: u64, max: u64, capacity: u64) -> u64 {
 }
 
 /// Handles write, sendto, sendmsg, writev and sendmmsg entries: the
-/// syscall number tells the argument layout apart.
+/// syscall number selects the argument layout.
 #[tracepoint]
 pub fn sys_enter_send(ctx: TracePointContext) -> u32 {
     try_send(&ctx);

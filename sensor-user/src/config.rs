@@ -60,9 +60,9 @@ pub struct ProbesConfig {
     pub disabled_hooks: Vec<String>,
     /// Raw BTF of the running kernel, the source of struct offsets.
     pub btf_path: PathBuf,
-    /// Where tracefs is, or is mounted when absent.
+    /// Mount point of tracefs, where it is mounted when absent.
     pub tracefs_path: PathBuf,
-    /// Where bpffs is, or is mounted when absent.
+    /// Mount point of bpffs, where it is mounted when absent.
     pub bpffs_path: PathBuf,
 }
 

@@ -171,7 +171,7 @@ impl<'a> From<&'a Agent> for AgentView<'a> {
     }
 }
 
-/// What a detection or activity changed, for the daemon to record.
+/// Changes a detection or activity made, for the daemon to record.
 #[derive(Debug, Default)]
 pub struct Changes {
     /// The agent is new: record `agent.detected` and track its tree.
@@ -390,7 +390,8 @@ mod tests {
         assert!(changes.detected);
         assert!(changes.shadow_finding);
         let (_, again) = agents.detect(&python, sni("api.openai.com"), 1_000_000_000);
-        assert!(!again.detected && !again.shadow_finding);
+        assert!(!again.detected, "a known agent is not detected twice");
+        assert!(!again.shadow_finding, "one finding per session");
         let later = agents.activity(root, 30_000_000_000, |s| s.llm_requests += 1);
         assert!(later.session_ended.is_some());
         assert!(later.shadow_finding, "a new session raises a new finding");

@@ -134,7 +134,7 @@ impl Pipeline {
             .table
             .get(&key)
             .and_then(|p| p.exe.path.as_deref())
-            .is_some_and(|path| path.rsplit('/').next().is_some_and(|n| n == "node" || n.starts_with("node-")));
+            .is_some_and(crate::probes::uprobes::carries_own_tls);
         if statically_linked {
             self.tls_scanned.insert(key, ());
             self.scan_tls_libraries(key, probes)?;

@@ -63,7 +63,7 @@ pub struct Degraded {
     pub reason: String,
 }
 
-/// What start-up did: hooks attached, hooks degraded, file systems mounted.
+/// Start-up outcome: hooks attached, hooks degraded, file systems mounted.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StartReport {
     pub attached: Vec<String>,

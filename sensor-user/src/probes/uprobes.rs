@@ -174,11 +174,18 @@ fn mapped_path(line: &str) -> Option<&str> {
 }
 
 /// Cheap filter before parsing ELF symbols: TLS libraries by name, and
-/// executables that link a TLS stack statically and export its symbols
-/// (Node.js). Other files are checked only when their name suggests it.
+/// executables that carry their own TLS stack. Other files are not checked.
 fn may_hold_openssl(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with("libssl") || name.contains("boringssl") || name == "node" || name.starts_with("node-") || name == "nodejs"
+    name.starts_with("libssl") || name.contains("boringssl") || carries_own_tls(path)
+}
+
+/// Returns whether an executable links OpenSSL statically and exports its
+/// symbols (Node.js), so it is hooked at exec rather than at its first
+/// connect.
+pub fn carries_own_tls(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "node" || name.starts_with("node-") || name == "nodejs"
 }
 
 fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {

@@ -25,7 +25,7 @@ struct FileVersion {
     size: u64,
 }
 
-/// What the kernel reported about the executable at exec.
+/// The kernel's facts about the executable at exec.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelExe {
     pub inode: u64,
