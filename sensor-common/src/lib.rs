@@ -141,6 +141,14 @@ pub struct ExecEvent {
     pub exe_nlink: u32,
     /// Agent session the process belongs to, 0 outside agent trees.
     pub session_id: u64,
+    /// Size and modification time of the executable's inode at exec, valid
+    /// when `exe_meta_ok` is 1. With the inode and device they name one
+    /// version of the file, so the daemon can reuse a hash it already has
+    /// without opening the file again.
+    pub exe_size: u64,
+    pub exe_mtime_sec: i64,
+    pub exe_mtime_nsec: u32,
+    pub exe_meta_ok: u32,
     /// Bytes of `argv` sent.
     pub argv_len: u32,
     /// Bytes of the whole argv region in the process, which may exceed
@@ -424,7 +432,15 @@ pub struct KernelOffsets {
     /// Offset of `group_dead` in the `sched_process_exit` tracepoint record,
     /// 0 on kernels whose tracepoint lacks it.
     pub exit_group_dead: u32,
-    pub _pad: u32,
+
+    /// The executable inode's size and modification time. Optional: the
+    /// daemon then opens the file to learn them, as before.
+    pub exe_meta_ok: u32,
+    pub inode_size: u32,
+    pub inode_mtime_sec: u32,
+    /// Read as 32 bits: nanoseconds fit, and on kernels where the field is
+    /// a `long` the low half comes first on little-endian machines.
+    pub inode_mtime_nsec: u32,
 }
 
 /// Settings the daemon writes into the programs' read-only data before load.
@@ -524,12 +540,12 @@ pub struct ConnectArgs {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 112 + 16 + 64 + 256 + EXE_PATH_CAPACITY + ARGV_CAPACITY);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 136 + 16 + 64 + 256 + EXE_PATH_CAPACITY + ARGV_CAPACITY);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 45 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
 const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());

@@ -292,6 +292,10 @@ fn read_exe_and_argv(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg:
     event.exe_inode = 0;
     event.exe_dev = 0;
     event.exe_nlink = 0;
+    event.exe_meta_ok = 0;
+    event.exe_size = 0;
+    event.exe_mtime_sec = 0;
+    event.exe_mtime_nsec = 0;
     event.exe_name[0] = 0;
     if off.mm_ok == 0 {
         event.header.flags |= EXEC_FLAG_ARGV_UNREADABLE;
@@ -335,6 +339,12 @@ fn read_exe_and_argv(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg:
     event.exe_dev = read_kernel(sb, off.sb_dev);
     if inode != 0 && event.exe_nlink == 0 {
         event.header.flags |= EXEC_FLAG_EXE_UNLINKED;
+    }
+    if inode != 0 && off.exe_meta_ok != 0 {
+        event.exe_size = read_kernel(inode, off.inode_size);
+        event.exe_mtime_sec = read_kernel(inode, off.inode_mtime_sec);
+        event.exe_mtime_nsec = read_kernel(inode, off.inode_mtime_nsec);
+        event.exe_meta_ok = 1;
     }
     let dentry: u64 = read_kernel(exe_file, off.file_dentry);
     let name: u64 = read_kernel(dentry, off.dentry_name);

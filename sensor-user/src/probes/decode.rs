@@ -39,6 +39,9 @@ pub struct Exec<'a> {
     pub exe_inode: u64,
     pub exe_dev: u32,
     pub exe_nlink: u32,
+    /// Size and modification time (seconds, nanoseconds) of the
+    /// executable's inode, when the kernel could read them.
+    pub exe_meta: Option<(u64, i64, u32)>,
     pub argv_total_len: u32,
     /// Path components from the kernel's dentry walk, leaf first.
     pub exe_path: &'a [u8],
@@ -247,6 +250,14 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec<'_>, DecodeError> {
         exe_inode: read(bytes, offset_of!(ExecEvent, exe_inode))?,
         exe_dev: read(bytes, offset_of!(ExecEvent, exe_dev))?,
         exe_nlink: read(bytes, offset_of!(ExecEvent, exe_nlink))?,
+        exe_meta: match read::<u32>(bytes, offset_of!(ExecEvent, exe_meta_ok))? {
+            0 => None,
+            _ => Some((
+                read(bytes, offset_of!(ExecEvent, exe_size))?,
+                read(bytes, offset_of!(ExecEvent, exe_mtime_sec))?,
+                read(bytes, offset_of!(ExecEvent, exe_mtime_nsec))?,
+            )),
+        },
         argv_total_len: read(bytes, offset_of!(ExecEvent, argv_total_len))?,
         exe_path: {
             let slots = (read::<u32>(bytes, offset_of!(ExecEvent, exe_path_len))? as usize).min(EXE_PATH_MAX_COMPONENTS);

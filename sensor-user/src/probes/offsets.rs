@@ -39,6 +39,14 @@ pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffs
             Err(error) => missing.push(MissingGroup { capability, reason: error.to_string() }),
         }
     }
+    // Optional: without it the daemon opens each new executable to learn
+    // its version, which costs time but loses nothing.
+    if offsets.mm_ok == 1 {
+        match resolve_exe_meta(btf, &mut offsets) {
+            Ok(()) => offsets.exe_meta_ok = 1,
+            Err(error) => missing.push(MissingGroup { capability: "exec.exe_version", reason: error.to_string() }),
+        }
+    }
     Ok((offsets, missing))
 }
 
@@ -64,6 +72,28 @@ fn resolve_mm(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
     o.inode_sb = btf.member_offset("inode", "i_sb")?;
     o.inode_nlink = btf.member_offset("inode", "__i_nlink")?;
     o.sb_dev = btf.member_offset("super_block", "s_dev")?;
+    Ok(())
+}
+
+/// The inode's size and modification time. Linux 6.11 split the time into
+/// `i_mtime_sec` and `i_mtime_nsec`; 6.6 to 6.10 call the timespec
+/// `__i_mtime`, older kernels `i_mtime`.
+fn resolve_exe_meta(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.inode_size = btf.member_offset("inode", "i_size")?;
+    let split = btf.member_offset("inode", "i_mtime_sec").and_then(|sec| Ok((sec, btf.member_offset("inode", "i_mtime_nsec")?)));
+    let (sec, nsec) = match split {
+        Ok(pair) => pair,
+        Err(first) => ["__i_mtime", "i_mtime"]
+            .iter()
+            .find_map(|name| {
+                let sec = btf.member_offset("inode", &format!("{name}.tv_sec")).ok()?;
+                let nsec = btf.member_offset("inode", &format!("{name}.tv_nsec")).ok()?;
+                Some((sec, nsec))
+            })
+            .ok_or(first)?,
+    };
+    o.inode_mtime_sec = sec;
+    o.inode_mtime_nsec = nsec;
     Ok(())
 }
 

@@ -304,7 +304,7 @@ impl ProcessTable {
         let kernel_path = (flags & sensor_common::EXEC_FLAG_EXE_PATH != 0)
             .then(|| crate::probes::decode::join_exe_path(exec.exe_path))
             .flatten();
-        let kernel_exe = KernelExe { inode: exec.exe_inode, dev: exec.exe_dev };
+        let kernel_exe = KernelExe { inode: exec.exe_inode, dev: exec.exe_dev, meta: exec.exe_meta };
         // A cut exec path names some other file, so it is not a candidate.
         let candidate = exec_path.as_deref().filter(|_| !filename_cut);
         let exe = self.exe.resolve(exec.header.pid, kernel_exe, kernel_path.as_deref(), candidate);
