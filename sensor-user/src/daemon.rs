@@ -93,6 +93,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let scanned_count = scanned.len();
     let keys = pipeline.table.seed(scanned);
 
+    // Hooked before `sensor.start` is written, so that a client started once
+    // the record appears has its first request captured.
+    let hooked_at_start: Vec<_> = config
+        .probes
+        .tls_executables
+        .iter()
+        .filter_map(|path| pipeline.uprobes.hook_path(&mut probes.ebpf, path))
+        .collect();
+
     let now = Clock::boot_now_ns();
     let start = pipeline.stamper.head("sensor.start", now);
     pipeline.sinks.write(&Record {
@@ -126,10 +135,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline.emit(*key, "process.snapshot", now, None, |_| {})?;
     }
     pipeline.sinks.flush()?;
-    for path in &config.probes.tls_executables {
-        if let Some(hooked) = pipeline.uprobes.hook_path(&mut probes.ebpf, path) {
-            pipeline.emit_sensor("sensor.tls_hooked", json!(hooked))?;
-        }
+    for hooked in hooked_at_start {
+        pipeline.emit_sensor("sensor.tls_hooked", json!(hooked))?;
     }
     // Libraries mapped by processes already running are hooked once here;
     // later ones are found at connect and exec.

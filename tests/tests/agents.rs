@@ -262,7 +262,6 @@ fn openai_python_tool_spawn() {
 }
 
 #[test]
-#[ignore = "Node's fetch plaintext is not yet recorded: the uprobes on /usr/bin/node attach at start, yet no llm.request follows (Node drives OpenSSL through memory BIOs, and this path is not understood yet)"]
 fn node_fetch_sni_and_metadata() {
     require_sensor!();
     let server = LlmServer::start(&[]);

@@ -135,7 +135,7 @@ impl Pipeline {
             .get(&key)
             .and_then(|p| p.exe.path.as_deref())
             .is_some_and(crate::probes::uprobes::carries_own_tls);
-        if statically_linked {
+        if statically_linked && !self.tls_scanned.contains_key(&key) {
             self.tls_scanned.insert(key, ());
             self.scan_tls_libraries(key, probes)?;
         }

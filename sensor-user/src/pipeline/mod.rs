@@ -98,6 +98,9 @@ impl Pipeline {
             KernelEvent::Exec(exec) => {
                 let key = self.table.on_exec(&exec);
                 self.tls_scanned.remove(&key);
+                if self.uprobes.note_executable(key.pid, exec.exe_dev, exec.exe_inode) {
+                    self.tls_scanned.insert(key, ());
+                }
                 self.emit(key, "process.exec", header.time_ns, None, |_| {})?;
                 self.after_exec(key, header.time_ns, probes)?;
             }

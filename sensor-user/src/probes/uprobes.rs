@@ -136,6 +136,21 @@ impl UprobeManager {
         }
     }
 
+    /// Records that `pid` runs the executable with kernel device number `dev`
+    /// and inode `inode`. When that file is hooked, its plaintext is captured
+    /// whether or not the memory map can still be read: a short Node.js run
+    /// often exits before the daemon gets to it.
+    pub fn note_executable(&mut self, pid: u32, dev: u32, inode: u64) -> bool {
+        let id = (libc::makedev(dev >> 20, dev & 0xfffff), inode);
+        let hooked = self.enabled && inode != 0 && self.hooked.contains(&id);
+        if hooked {
+            self.processes.insert(pid, true);
+        } else {
+            self.processes.remove(&pid);
+        }
+        hooked
+    }
+
     /// Returns why plaintext is unavailable for `pid`, `None` when one of its
     /// mapped files is hooked.
     pub fn plaintext_unavailable(&self, pid: u32) -> Option<&'static str> {
