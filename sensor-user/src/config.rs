@@ -40,6 +40,11 @@ pub struct ProbesConfig {
     /// so their first process's first request is captured; others are
     /// hooked when a process maps them. Missing paths are skipped.
     pub tls_executables: Vec<PathBuf>,
+    /// Directories whose OpenSSL-compatible libraries (`libssl*`) are hooked
+    /// at start, so a process that loads one is captured from its first
+    /// request. Libraries elsewhere, in containers for example, are hooked
+    /// when a process maps them. Missing directories are skipped.
+    pub tls_library_dirs: Vec<PathBuf>,
     /// Bytes of TLS plaintext copied per `SSL_read`/`SSL_write` call; longer
     /// calls are cut and marked truncated. At most 16383.
     pub tls_max_bytes: u32,
@@ -73,6 +78,17 @@ impl Default for ProbesConfig {
             argv_max_bytes: 4095,
             tls_max_bytes: 16383,
             tls_executables: ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"].into_iter().map(PathBuf::from).collect(),
+            tls_library_dirs: [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib/aarch64-linux-gnu",
+                "/usr/lib64",
+                "/usr/lib",
+                "/usr/local/lib",
+                "/usr/local/lib64",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
             report_threads: false,
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 20,

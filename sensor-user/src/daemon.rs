@@ -95,12 +95,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Hooked before `sensor.start` is written, so that a client started once
     // the record appears has its first request captured.
-    let hooked_at_start: Vec<_> = config
+    let mut hooked_at_start: Vec<_> = config
         .probes
         .tls_executables
         .iter()
         .filter_map(|path| pipeline.uprobes.hook_path(&mut probes.ebpf, path))
         .collect();
+    for dir in &config.probes.tls_library_dirs {
+        hooked_at_start.extend(pipeline.uprobes.hook_library_dir(&mut probes.ebpf, dir));
+    }
 
     let now = Clock::boot_now_ns();
     let start = pipeline.stamper.head("sensor.start", now);

@@ -849,6 +849,34 @@ fn copy_with_libraries(root: &Path, binary: &Path) -> Vec<String> {
 }
 
 #[test]
+fn library_dir_hooked_before_start() {
+    require_sensor!();
+    // A fresh copy is a file no process maps, so only the start-up hook of
+    // its directory can attach to it.
+    let dir = TempDir::new("tls-libraries");
+    let library = dir.path().join("libssl.so.3");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", &library).expect("copy the system libssl");
+    std::fs::write(dir.path().join("libssl-notes.txt"), "not a library").expect("write a decoy");
+    let sensor = Sensor::start(&format!(
+        "[probes]\ntls_executables = []\ntls_library_dirs = [\"{}\", \"/nonexistent-dir\"]\n",
+        dir.path().display()
+    ));
+    let path = library.display().to_string();
+    let hooked = sensor
+        .wait_for(|r| r["kind"] == "sensor.tls_hooked" && r["sensor"]["path"] == path.as_str())
+        .unwrap_or_else(|| panic!("no sensor.tls_hooked for {path}; stderr:\n{}", sensor.stderr()));
+    let symbols = hooked["sensor"]["symbols"].as_array().expect("symbols list");
+    assert!(symbols.contains(&json!("SSL_write")), "{hooked}");
+    assert!(symbols.contains(&json!("SSL_read")), "{hooked}");
+    assert!(hooked["sensor"]["failures"].is_null(), "{hooked}");
+    // It comes with the start-up records, before any process record.
+    let records = sensor.records();
+    let first_process = records.iter().position(|r| r["kind"] == "process.exec").unwrap_or(usize::MAX);
+    let position = records.iter().position(|r| r["sensor"]["path"] == path.as_str()).expect("hooked record");
+    assert!(position < first_process, "hooked at start, not at a process's exec");
+}
+
+#[test]
 fn container_libssl_hooked_by_inode() {
     require_sensor!();
     let server = LlmServer::start(&[]);

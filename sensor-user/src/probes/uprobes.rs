@@ -151,6 +151,20 @@ impl UprobeManager {
         hooked
     }
 
+    /// Hooks the OpenSSL-compatible libraries directly in `dir`, by name.
+    /// Symbolic links to a file already hooked are skipped by inode.
+    pub fn hook_library_dir(&mut self, ebpf: &mut Ebpf, dir: &Path) -> Vec<Hooked> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libssl") && n.contains(".so")))
+            .collect();
+        // Sorted so the record names the same path on every start.
+        paths.sort();
+        paths.iter().filter_map(|path| self.hook_path(ebpf, path)).collect()
+    }
+
     /// Returns why plaintext is unavailable for `pid`, `None` when one of its
     /// mapped files is hooked.
     pub fn plaintext_unavailable(&self, pid: u32) -> Option<&'static str> {
