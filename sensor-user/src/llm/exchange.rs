@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
+    coding::Coding,
     Credential, Direction, LlmEvent, LlmRequest, LlmResponse, LlmStats, StreamKey,
     fingerprint::{Fingerprinter, finish_hex},
     http::{Framing, Head, HeadAction, HttpReader, Loss, MessageKind, Sink},
@@ -104,7 +105,7 @@ impl Stream {
             let parser = match &response.format {
                 Format::Sse(parser) => parser.buffered(),
                 Format::Ndjson(lines) => lines.buffered(),
-                Format::Json | Format::Opaque => 0,
+                Format::Json | Format::CompressedJson(_) | Format::Opaque => 0,
             };
             response.body.buffered() + parser
         });
@@ -240,6 +241,9 @@ struct RequestInProgress {
 enum Format {
     /// One JSON document, read when the body ends.
     Json,
+    /// One gzip- or deflate-coded JSON document, decoded and read when the
+    /// body ends.
+    CompressedJson(Coding),
     Sse(SseParser),
     Ndjson(LineSplitter),
     /// Compressed or not JSON: hashed and counted only.
@@ -323,12 +327,26 @@ impl ExchangeSink<'_> {
     }
 
     fn finish_response(&mut self, mut response: ResponseInProgress) {
-        if let (Format::Json, Some(buffer)) = (&response.format, &response.body.buffer) {
-            if response.body.buffer_cut {
-                read_json_prefix(buffer, &mut response.fields);
-            } else {
-                response.fields.on_json(buffer);
+        let mut undecoded = None;
+        match (&response.format, &response.body.buffer) {
+            (Format::Json, Some(buffer)) => {
+                if response.body.buffer_cut {
+                    read_json_prefix(buffer, &mut response.fields);
+                } else {
+                    response.fields.on_json(buffer);
+                }
             }
+            (Format::CompressedJson(coding), Some(buffer)) => {
+                match coding.decode(buffer, self.context.limit) {
+                    Ok(decoded) if decoded.cut || response.body.buffer_cut => {
+                        response.truncated = true;
+                        read_json_prefix(&decoded.bytes, &mut response.fields);
+                    }
+                    Ok(decoded) => response.fields.on_json(&decoded.bytes),
+                    Err(error) => undecoded = Some(error),
+                }
+            }
+            _ => {}
         }
         let truncated = response.truncated || response.body.overflowed || response.fields.tool_calls_cut;
         let fields = &mut response.fields;
@@ -355,6 +373,7 @@ impl ExchangeSink<'_> {
             response_sha256: response.body.sha256(),
             body_bytes: response.body.len(),
             content_encoding: response.content_encoding.take(),
+            decode_error: undecoded,
             truncated,
         }));
     }
@@ -505,11 +524,16 @@ impl Sink for ResponseSink<'_, '_> {
         let content_encoding = content_encoding(head);
         let content_type = content_type(head);
         let limit = sink.context.limit;
-        // TODO: decode gzip and deflate bodies; SDKs send `Accept-Encoding:
-        // gzip` and providers may compress non-streamed JSON, whose fields
-        // are then missing from the record.
-        let format = if ignored || content_encoding.is_some() {
+        let json = content_type.is_empty() || content_type.contains("json");
+        // SDKs send `Accept-Encoding: gzip`, and providers may compress a
+        // whole JSON answer. Compressed streams are rare and stay opaque.
+        let format = if ignored {
             Format::Opaque
+        } else if let Some(encoding) = &content_encoding {
+            match Coding::parse(encoding) {
+                Some(coding) if json && !content_type.starts_with("text/event-stream") => Format::CompressedJson(coding),
+                _ => Format::Opaque,
+            }
         } else if content_type.starts_with("text/event-stream") {
             Format::Sse(SseParser::new(limit))
         } else if content_type.contains("ndjson") || content_type.contains("jsonl") {
@@ -528,7 +552,7 @@ impl Sink for ResponseSink<'_, '_> {
             requested_by_llm_call: request.as_ref().is_some_and(|request| request.report),
             ignored,
             streaming,
-            body: Body::new(!ignored, matches!(format, Format::Json), limit),
+            body: Body::new(!ignored, matches!(format, Format::Json | Format::CompressedJson(_)), limit),
             format,
             content_encoding,
             fields: ResponseFields::new(api, streaming),
@@ -555,7 +579,7 @@ impl Sink for ResponseSink<'_, '_> {
                 lines.feed(data, &mut |line| fields.on_json(line));
                 response.truncated |= lines.overflowed;
             }
-            Format::Json | Format::Opaque => {}
+            Format::Json | Format::CompressedJson(_) | Format::Opaque => {}
         }
         fields.done
     }
@@ -570,7 +594,7 @@ impl Sink for ResponseSink<'_, '_> {
         match &mut response.format {
             Format::Sse(parser) => parser.gap(),
             Format::Ndjson(lines) => lines.gap(),
-            Format::Json | Format::Opaque => {}
+            Format::Json | Format::CompressedJson(_) | Format::Opaque => {}
         }
     }
 

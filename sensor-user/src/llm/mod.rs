@@ -17,9 +17,10 @@
 //! known provider, or its JSON body has a `model` and a prompt member (or
 //! Gemini's `contents`). A response whose request was not captured is
 //! reported when its body has a known API's shape. Other traffic yields no
-//! events. It does not read HTTP/2, WebSocket or compressed bodies (gzip,
-//! br). Compressed responses are reported with their hash, length and
-//! `content_encoding`, but without fields from the body.
+//! events. It does not read HTTP/2 or WebSocket. JSON responses in gzip or
+//! deflate are decoded up to the capture bound (`coding.rs`). Other codings
+//! (br, zstd) and compressed event streams are reported with their hash,
+//! length and `content_encoding`, but without fields from the body.
 //!
 //! Memory is bounded. Each direction of a stream buffers at most
 //! `max_buffer_bytes` of head, JSON body or event data, plus up to about
@@ -31,6 +32,7 @@
 
 #![expect(dead_code, reason = "parts of the API are not wired into the daemon yet")]
 
+mod coding;
 mod exchange;
 mod fingerprint;
 mod http;
@@ -356,8 +358,14 @@ pub struct LlmResponse {
     pub response_sha256: Option<String>,
     /// Body length, as for `LlmRequest::body_bytes`.
     pub body_bytes: usize,
+    /// Content-Encoding of the body. JSON bodies in gzip or deflate are
+    /// decoded (to the capture bound) before their fields are read; other
+    /// codings, and compressed event streams, are hashed only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_encoding: Option<String>,
+    /// Why a gzip or deflate body could not be decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_error: Option<String>,
     /// Bytes were lost, an event was larger than the buffer limit, or more
     /// than 128 tool calls arrived.
     pub truncated: bool,

@@ -682,7 +682,7 @@ fn interim_and_head_responses() {
 }
 
 #[test]
-fn compressed_response_is_opaque() {
+fn invalid_gzip_response_reports_error() {
     let mut streams = new_streams();
     only_request(feed(&mut streams, Direction::Write, &openai_chat_request(false).0));
     let compressed = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not really deflate";
@@ -692,8 +692,48 @@ fn compressed_response_is_opaque() {
     assert_eq!(response.api, "openai.chat_completions");
     assert_eq!(response.content_encoding.as_deref(), Some("gzip"));
     assert_eq!(response.model, None);
+    assert!(response.decode_error.as_deref().is_some_and(|e| e.starts_with("invalid gzip body")), "{response:?}");
     assert_eq!(response.response_sha256, Some(sha256_hex(compressed)));
     assert_eq!(response.body_bytes, compressed.len());
+}
+
+#[test]
+fn gzip_json_response_decoded() {
+    use std::io::Write as _;
+
+    let mut streams = new_streams();
+    only_request(feed(&mut streams, Direction::Write, &openai_chat_request(false).0));
+    let json = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_Z1","type":"function","function":{"name":"run_shell","arguments":"{\"cmd\": \"ls\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(json).unwrap();
+    let compressed = encoder.finish().unwrap();
+    let response_bytes =
+        http_response("200 OK", &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")], &compressed);
+    let response = only_response(feed(&mut streams, Direction::Read, &response_bytes));
+    assert_eq!(response.content_encoding.as_deref(), Some("gzip"));
+    assert_eq!(response.decode_error, None);
+    assert_eq!(response.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    assert_eq!(response.input_tokens, Some(12));
+    assert_eq!(response.output_tokens, Some(7));
+    assert_eq!(response.tool_calls.len(), 1);
+    assert_eq!(response.tool_calls[0].name, "run_shell");
+    assert_eq!(response.tool_calls[0].arguments_sha256, Some(sha256_hex(br#"{"cmd": "ls"}"#)));
+    // The hash and length are of the bytes on the wire.
+    assert_eq!(response.response_sha256, Some(sha256_hex(&compressed)));
+    assert_eq!(response.body_bytes, compressed.len());
+    assert!(!response.truncated);
+}
+
+#[test]
+fn brotli_response_stays_opaque() {
+    let mut streams = new_streams();
+    only_request(feed(&mut streams, Direction::Write, &openai_chat_request(false).0));
+    let response_bytes =
+        http_response("200 OK", &[("Content-Type", "application/json"), ("Content-Encoding", "br")], b"\x0b\x02\x80");
+    let response = only_response(feed(&mut streams, Direction::Read, &response_bytes));
+    assert_eq!(response.content_encoding.as_deref(), Some("br"));
+    assert_eq!(response.model, None);
+    assert_eq!(response.decode_error, None);
 }
 
 #[test]
