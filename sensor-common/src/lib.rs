@@ -231,6 +231,9 @@ pub struct ConnectEvent {
     /// The destination as passed to connect, `sockaddr_in` or `sockaddr_in6`.
     pub sockaddr: [u8; SOCKADDR_CAPACITY],
     pub addr_len: u32,
+    /// Inode number of the caller's network namespace, 0 when unknown.
+    pub netns: u32,
+    pub _pad: u32,
 }
 
 /// The end of a TCP handshake started by a non-blocking connect.
@@ -280,6 +283,9 @@ pub struct PayloadEvent {
     /// Destination port for a datagram, 0 otherwise.
     pub port: u16,
     pub _pad: u16,
+    /// Inode number of the writer's network namespace, 0 when unknown.
+    pub netns: u32,
+    pub _pad2: u32,
     pub data: [u8; PAYLOAD_CAPACITY],
 }
 
@@ -441,6 +447,13 @@ pub struct KernelOffsets {
     /// Read as 32 bits: nanoseconds fit, and on kernels where the field is
     /// a `long` the low half comes first on little-endian machines.
     pub inode_mtime_nsec: u32,
+
+    /// The task's network namespace, which scopes DNS answers. Optional:
+    /// without it every namespace shares one name cache.
+    pub netns_ok: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns_inum: u32,
 }
 
 /// Settings the daemon writes into the programs' read-only data before load.
@@ -543,14 +556,14 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 136 + 16 + 64 + 256 + EXE_PATH_CAPACITY + ARGV_CAPACITY);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
 const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());
 const _: () = assert!(TLS_CAPACITY.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 64 + PAYLOAD_CAPACITY);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 72 + PAYLOAD_CAPACITY);
 const _: () = assert!(core::mem::size_of::<FileEvent>() == 64 + 2 * PATH_CAPACITY);
 const _: () = assert!(core::mem::size_of::<TlsEvent>() == 56 + TLS_CAPACITY);
 const _: () = assert!(core::mem::size_of::<WatchedSocket>() == 24);

@@ -650,6 +650,8 @@ fn try_exit_connect(ctx: &TracePointContext) {
         connect_id: args.connect_id,
         sockaddr: args.sockaddr,
         addr_len: args.addr_len,
+        netns: net_namespace(task, &off),
+        _pad: 0,
     };
     event.header.flags = args.flags;
 
@@ -869,6 +871,18 @@ fn capture_write(pid_tgid: u64, fd: i32, buffer: u64, len: u64) {
     send_payload(pid_tgid, fd, connect_id, direction, port, index, buffer, len);
 }
 
+/// Returns the inode number of the task's network namespace, 0 when the
+/// offsets are missing or the task has already released its namespaces.
+#[inline(always)]
+fn net_namespace(task: u64, off: &KernelOffsets) -> u32 {
+    if off.netns_ok == 0 {
+        return 0;
+    }
+    let nsproxy: u64 = read_kernel(task, off.task_nsproxy);
+    let net: u64 = read_kernel(nsproxy, off.nsproxy_net_ns);
+    read_kernel(net, off.net_ns_inum)
+}
+
 // Inlined because BPF calls take at most five arguments.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -889,6 +903,7 @@ fn send_payload(pid_tgid: u64, fd: i32, connect_id: u64, direction: u32, port: u
     event.total = len as u32;
     event.index = index;
     event.port = port;
+    event.netns = net_namespace(task, &off);
     let n = masked(len, PAYLOAD_CAPACITY as u64 - 1, PAYLOAD_CAPACITY as u64);
     event.len = 0;
     if n > 0 {

@@ -24,7 +24,7 @@ use integration_tests::{
         ClientRun, LlmServer, OLLAMA_PORT, RunningClient, fixtures_dir, python_binary, run_client,
         tls_client_binary,
     },
-    require_sensor, sha256_file, unique_marker,
+    require_sensor, sha256_file, unique_marker, workload_binary,
 };
 use serde_json::{Value, json};
 
@@ -791,6 +791,33 @@ fn dns_name_on_connect() {
         detected["detection"]["value"], "api.anthropic.com",
         "{detected}"
     );
+
+    // The answer names the address in the client's network namespace only:
+    // a process in the same namespace that connects to it later gets the
+    // name, one in a namespace of its own does not.
+    let same_namespace = run_client(
+        Command::new(workload_binary()).args(["connect", "tcp", "block", address.as_str(), "443"]),
+        CLIENT_TIMEOUT,
+    )
+    .pid;
+    let connect = expect_of(&sensor, same_namespace, "net.connect from the same namespace", |r| {
+        is_kind_for_pid(r, "net.connect", same_namespace)
+    });
+    assert_eq!(connect["dns_name"], "api.anthropic.com", "{connect}");
+
+    let other_namespace = run_client(
+        Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(workload_binary())
+            .args(["connect", "tcp", "block", address.as_str(), "443"]),
+        CLIENT_TIMEOUT,
+    )
+    .pid;
+    let connect = expect_of(&sensor, other_namespace, "net.connect from another namespace", |r| {
+        is_kind_for_pid(r, "net.connect", other_namespace)
+    });
+    assert!(connect["dns_name"].is_null(), "no name across namespaces: {connect}");
+    assert_eq!(connect["network"]["destination"]["address"], address, "{connect}");
 }
 
 #[test]

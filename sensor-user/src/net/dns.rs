@@ -102,35 +102,37 @@ pub fn parse(message: &[u8]) -> Option<DnsMessage> {
 
 /// Names learnt from DNS answers, by address, bounded in size.
 ///
-/// NOTE: one cache for the whole host. Processes in different network
-/// namespaces that resolve the same address to different names can be
-/// attributed the last name seen.
+/// Names by network namespace and address. Namespaces are kept apart because
+/// the same private address can belong to different services in two pods.
+/// Namespace 0 stands for "unknown" on kernels whose BTF lacks the fields,
+/// where every process shares one cache.
 #[derive(Debug, Default)]
 pub struct DnsCache {
-    names: HashMap<IpAddr, (String, u64)>,
+    names: HashMap<(u32, IpAddr), (String, u64)>,
 }
 
 const MAX_NAMES: usize = 65536;
 
 impl DnsCache {
-    pub fn insert(&mut self, address: IpAddr, name: String, time_ns: u64) {
-        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&address) {
-            let oldest = self.names.iter().min_by_key(|(_, (_, t))| *t).map(|(a, _)| *a);
+    pub fn insert(&mut self, netns: u32, address: IpAddr, name: String, time_ns: u64) {
+        let key = (netns, address);
+        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&key) {
+            let oldest = self.names.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
             if let Some(oldest) = oldest {
                 self.names.remove(&oldest);
             }
         }
-        self.names.insert(address, (name, time_ns));
+        self.names.insert(key, (name, time_ns));
     }
 
-    pub fn name_of(&self, address: &IpAddr) -> Option<&str> {
+    pub fn name_of(&self, netns: u32, address: &IpAddr) -> Option<&str> {
         let mapped = match address {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
         self.names
-            .get(address)
-            .or_else(|| mapped.and_then(|v4| self.names.get(&v4)))
+            .get(&(netns, *address))
+            .or_else(|| mapped.and_then(|v4| self.names.get(&(netns, v4))))
             .map(|(name, _)| name.as_str())
     }
 }
@@ -174,7 +176,8 @@ mod tests {
     #[test]
     fn cache_finds_v4_mapped() {
         let mut cache = DnsCache::default();
-        cache.insert("127.0.0.9".parse().unwrap(), "api.openai.com".into(), 1);
-        assert_eq!(cache.name_of(&"::ffff:127.0.0.9".parse().unwrap()), Some("api.openai.com"));
+        cache.insert(7, "127.0.0.9".parse().unwrap(), "api.openai.com".into(), 1);
+        assert_eq!(cache.name_of(7, &"::ffff:127.0.0.9".parse().unwrap()), Some("api.openai.com"));
+        assert_eq!(cache.name_of(8, &"127.0.0.9".parse().unwrap()), None, "another network namespace");
     }
 }

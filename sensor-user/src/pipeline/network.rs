@@ -73,7 +73,7 @@ impl Pipeline {
         } else {
             None
         };
-        let dns_name = destination.as_ref().and_then(|d| self.dns.name_of(&d.address)).map(str::to_owned);
+        let dns_name = destination.as_ref().and_then(|d| self.dns.name_of(connect.netns, &d.address)).map(str::to_owned);
         let by_name = dns_name.as_deref().and_then(|name| self.catalog.match_host(name));
         let by_address = destination.as_ref().and_then(|d| self.catalog.match_address(&d.address, d.port));
         let provider = by_name.clone().or_else(|| by_address.clone().filter(|m| m.matched_by == "address"));
@@ -291,7 +291,7 @@ impl Pipeline {
         }
         let Some(question) = message.question.clone() else { return Ok(()) };
         for address in &message.addresses {
-            self.dns.insert(*address, question.clone(), payload.header.time_ns);
+            self.dns.insert(payload.netns, *address, question.clone(), payload.header.time_ns);
         }
         let provider = self.catalog.match_host(&question);
         self.emit(key, "net.dns", payload.header.time_ns, Some(payload.header.tid), |record| {

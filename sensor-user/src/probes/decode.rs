@@ -62,6 +62,8 @@ pub struct Payload<'a> {
     pub total: u32,
     pub index: u32,
     pub port: u16,
+    /// Network namespace inode of the writer, 0 when unknown.
+    pub netns: u32,
     pub data: &'a [u8],
 }
 
@@ -189,6 +191,7 @@ fn decode_payload(bytes: &[u8]) -> Result<Payload<'_>, DecodeError> {
         total: read(bytes, offset_of!(PayloadEvent, total))?,
         index: read(bytes, offset_of!(PayloadEvent, index))?,
         port: read(bytes, offset_of!(PayloadEvent, port))?,
+        netns: read(bytes, offset_of!(PayloadEvent, netns))?,
         data: trailing(bytes, offset_of!(PayloadEvent, data), len)?,
     })
 }

@@ -47,7 +47,18 @@ pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffs
             Err(error) => missing.push(MissingGroup { capability: "exec.exe_version", reason: error.to_string() }),
         }
     }
+    match resolve_netns(btf, &mut offsets) {
+        Ok(()) => offsets.netns_ok = 1,
+        Err(error) => missing.push(MissingGroup { capability: "net.namespace", reason: error.to_string() }),
+    }
     Ok((offsets, missing))
+}
+
+fn resolve_netns(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.task_nsproxy = btf.member_offset("task_struct", "nsproxy")?;
+    o.nsproxy_net_ns = btf.member_offset("nsproxy", "net_ns")?;
+    o.net_ns_inum = btf.member_offset("net", "ns.inum")?;
+    Ok(())
 }
 
 fn resolve_task(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
