@@ -23,6 +23,7 @@ use crate::{
     llm::{LlmConfig, LlmStreams},
     net::{catalog::Catalog, dns::DnsCache, PendingConnects},
     pipeline::Pipeline,
+    policy::engine::PolicyEngine,
     probes::{self, uprobes::UprobeManager, Probes},
     process::{procfs, ProcessTable},
     sinks::Sinks,
@@ -30,6 +31,8 @@ use crate::{
 
 /// Records handled before the loop yields to timers and signals.
 const BATCH: usize = 4096;
+/// How often the policy file is reread to see whether its content changed.
+const POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut probes = Probes::start(&config.probes)?;
@@ -43,6 +46,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let fingerprint_key = load_or_create_key(&config.llm.fingerprint_key_path)?;
     let uprobes_loaded = !probes.report.degraded.iter().any(|d| probes::UPROBE_PROGRAMS.contains(&d.hook.as_str()));
     let boot_prefix: String = boot_id.chars().take(8).collect();
+    let policy = PolicyEngine::start(&config.policy, config.process.procfs_path.clone(), config.identity.passwd_path.clone())
+        .map_err(|error| {
+            let problems = error.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            anyhow::anyhow!("{error}: {problems}")
+        })?;
     let argv_capability = !probes.report.degraded.iter().any(|d| d.hook == "exec.argv_and_exe");
     let mut pipeline = Pipeline {
         table: {
@@ -77,7 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .reconcile
             .enabled
             .then(|| crate::reconcile::Live::new(config.reconcile.clone(), config.process.procfs_path.clone())),
+        policy,
     };
+    pipeline.stamper.set_policy_sha256(pipeline.policy.sha256());
     let (mut ingest, ingest_problems) = match config.ingest.enabled {
         true => {
             let (ingest, problems) = crate::ingest::start(&config.ingest, config.process.procfs_path.clone()).await;
@@ -105,11 +115,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "ring_buffer_bytes": config.probes.ring_buffer_bytes,
             "argv_max_bytes": config.probes.argv_max_bytes,
             "evidence_path": config.output.evidence_file(),
+            "policy": { "path": config.policy.path, "sha256": pipeline.policy.sha256() },
             "identity": pipeline.identity.as_ref().map(Identity::summary),
             "ingest": ingest.as_ref().map(|i| json!({ "listen": i.listen })),
         })),
         ..Record::new(start)
     })?;
+    if let Some(section) = pipeline.policy.start_report() {
+        pipeline.emit_policy_reload(section)?;
+    }
     for degraded in &probes.report.degraded {
         log::warn!("degraded: {}: {}", degraded.hook, degraded.reason);
         let head = pipeline.stamper.head("sensor.degraded", now);
@@ -168,6 +182,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut reconcile_timer = tokio::time::interval(Duration::from_millis(config.reconcile.tick_ms));
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut policy_timer = tokio::time::interval(POLICY_POLL_INTERVAL);
 
     let reason = loop {
         tokio::select! {
@@ -196,6 +212,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     control::reply(stream, snapshot);
                 }
             }
+            _ = sighup.recv() => pipeline.reload_policy("sighup", true)?,
+            _ = policy_timer.tick() => pipeline.reload_policy("file_changed", false)?,
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
         }
