@@ -30,6 +30,11 @@ pub fn evaluate(engine: &mut PolicyEngine, kind: &str, process: &Process, agent:
     let entry = agent.and_then(|a| a.policy_entry.as_deref());
     match kind {
         "tool.spawn" => {
+            // Read now, while the tool most likely still runs.
+            engine.home_of(process.key);
+            if let Some(parent) = process.parent {
+                engine.home_of(parent);
+            }
             let argv = process.argv.as_deref().unwrap_or_default();
             let policy = engine.policy()?;
             Some(policy.check_tool(entry, process.exe.path.as_deref(), process.exec_path.as_deref(), argv))
@@ -57,7 +62,8 @@ pub fn evaluate(engine: &mut PolicyEngine, kind: &str, process: &Process, agent:
             let file = record.sections.get("file")?;
             let path = file.get("path").and_then(Value::as_str)?;
             let new_path = file.get("new_path").and_then(Value::as_str);
-            let homes = engine.homes(process.key, process.uid);
+            let keys: Vec<ProcKey> = [Some(process.key), process.parent, agent.map(|a| a.key)].into_iter().flatten().collect();
+            let homes = engine.homes(&keys, process.uid);
             let policy = engine.policy()?;
             let mut outcome = policy.check_path(entry, path, new_path, &homes);
             let access = if kind == "file.open" { file.get("access").cloned().unwrap_or(Value::Null) } else { json!(&kind[5..]) };
@@ -130,6 +136,8 @@ impl Pipeline {
             return None;
         }
         self.policy.policy()?;
+        // Read while the new agent runs: its tools' checks fall back to it.
+        self.policy.home_of(key);
         let identity = self.identity_of(key, time_ns)?;
         self.policy.policy()?.match_agent(&identity).map(|entry| entry.name.clone())
     }

@@ -29,7 +29,7 @@ pub struct PolicyEngine {
     last_seen: Option<String>,
     procfs: PathBuf,
     passwd: PathBuf,
-    homes: HashMap<ProcKey, Vec<String>>,
+    homes: HashMap<ProcKey, Option<String>>,
     empty: Policy,
 }
 
@@ -126,24 +126,36 @@ impl PolicyEngine {
         }
     }
 
-    /// Returns the directories `~` stands for in `key`'s checks: its `HOME`
-    /// and its user's home in the passwd file.
-    pub fn homes(&mut self, key: ProcKey, uid: Option<u32>) -> Vec<String> {
-        if let Some(homes) = self.homes.get(&key) {
-            return homes.clone();
-        }
+    /// Returns the directories `~` stands for in a process's checks: the
+    /// `HOME` of the first of `keys` (the process, then its ancestors) whose
+    /// environment can be read, and the home of `uid` in the passwd file.
+    /// A short-lived tool is often gone when its file operations are
+    /// checked, so its parent's environment stands in for its own.
+    pub fn homes(&mut self, keys: &[ProcKey], uid: Option<u32>) -> Vec<String> {
         let mut homes = Vec::new();
-        if let Some(home) = read_environ_home(&self.procfs, key.pid) {
-            homes.push(home);
+        for key in keys {
+            if let Some(home) = self.home_of(*key) {
+                homes.push(home);
+                break;
+            }
         }
         if let Some(home) = uid.and_then(|uid| passwd_home(&self.passwd, uid)) {
             homes.push(home);
         }
+        homes
+    }
+
+    /// Reads and remembers a process's `HOME`, while it is alive.
+    pub fn home_of(&mut self, key: ProcKey) -> Option<String> {
+        if let Some(home) = self.homes.get(&key) {
+            return home.clone();
+        }
+        let home = read_environ_home(&self.procfs, key.pid);
         if self.homes.len() >= MAX_CACHED_HOMES {
             self.homes.clear();
         }
-        self.homes.insert(key, homes.clone());
-        homes
+        self.homes.insert(key, home.clone());
+        home
     }
 
     /// Forgets a process that left the process table.

@@ -202,6 +202,8 @@ impl PathPattern {
         homes.iter().any(|home| {
             let home = home.trim_end_matches('/');
             match path.strip_prefix(home) {
+                // `~` alone covers the home directory and everything in it.
+                Some(rest) if self.pattern == "~" => rest.is_empty() || rest.starts_with('/'),
                 Some("") => self.regex.is_match(""),
                 Some(rest) => rest.strip_prefix('/').is_some_and(|rest| self.regex.is_match(rest)),
                 None => false,
