@@ -1,8 +1,8 @@
-//! The policy against the real kernel. A copy of bash named as a known
-//! agent program is the test agent: it runs an allowed and a disallowed
-//! tool, connects to an allowed and a disallowed loopback destination
-//! (127.0.0.1 and 127.0.0.2, both on `lo`), and reads a file under
-//! `$HOME/.aws` with `HOME` set to a scratch directory. Each record must
+//! The policy against the real kernel. The test agent is a copy of bash
+//! named as a known agent program. It runs an allowed and a disallowed
+//! tool and connects to an allowed and a disallowed loopback destination
+//! (127.0.0.1 and 127.0.0.2, both on `lo`). It also reads a file under
+//! `$HOME/.aws`, with `HOME` set to a scratch directory. Each record must
 //! carry its checks with the compared values, and each violation a finding
 //! that points back at it.
 //!
@@ -170,7 +170,8 @@ fn agent_sensor(args: &[&str]) -> Output {
     Command::new(sensor_binary().expect("agent-sensor binary")).args(args).output().expect("run agent-sensor")
 }
 
-/// The record's check for `rule`, failing the test when it is missing.
+/// Returns the record's check for `rule`, failing the test when it is
+/// missing.
 fn check<'a>(record: &'a Value, rule: &str) -> &'a Value {
     record["policy"]["checks"]
         .as_array()
@@ -186,7 +187,7 @@ fn argv_has(record: &Value, word: &str) -> bool {
     record["process"]["argv"].as_array().is_some_and(|argv| argv.iter().any(|a| a.as_str().is_some_and(|a| a.contains(word))))
 }
 
-/// The finding whose cause is `cause`.
+/// Finds the finding whose cause is `cause`.
 fn finding_for<'a>(records: &'a [Value], cause: &Value) -> Option<&'a Value> {
     records.iter().find(|r| {
         r["kind"].as_str().is_some_and(|k| k.starts_with("finding.")) && r["finding"]["cause"]["record_id"] == cause["id"]

@@ -113,7 +113,7 @@ pub fn finding(outcome: &Outcome, cause: &Cause) -> (&'static str, Map<String, V
 }
 
 impl Pipeline {
-    /// The identity the inventory's selectors are matched against.
+    /// Collects the identity the inventory's selectors are matched against.
     pub(super) fn identity_of(&mut self, key: ProcKey, time_ns: u64) -> Option<Identity> {
         let process = self.table.get(&key)?;
         let mut identity = Identity {
@@ -130,7 +130,8 @@ impl Pipeline {
         Some(identity)
     }
 
-    /// The policy entry a process about to become an agent matches.
+    /// Returns the policy entry that a process about to become an agent
+    /// matches.
     pub(super) fn policy_entry_of(&mut self, key: ProcKey, time_ns: u64) -> Option<String> {
         if self.agents.is_member(&key) {
             return None;
@@ -142,7 +143,7 @@ impl Pipeline {
         self.policy.policy()?.match_agent(&identity).map(|entry| entry.name.clone())
     }
 
-    /// The `finding` and `policy` sections of a shadow-agent finding.
+    /// Builds the `finding` and `policy` sections of a shadow-agent finding.
     pub(super) fn shadow_sections(&mut self, root: ProcKey, time_ns: u64, cause: Option<&Cause>, mut finding: Value) -> Map<String, Value> {
         let identity = self.identity_of(root, time_ns).unwrap_or_default();
         let outcome = self.policy.policy_or_empty().check_inventory(&identity, &self.agents.registered_names());

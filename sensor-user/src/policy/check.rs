@@ -124,12 +124,12 @@ impl Outcome {
         verdict
     }
 
-    /// The `policy` section.
+    /// Builds the `policy` section.
     pub fn to_json(&self) -> Value {
         json!({ "entry": self.entry, "verdict": self.verdict(), "checks": self.checks })
     }
 
-    /// The failed checks whose action is `alert`.
+    /// Returns the failed checks whose action is `alert`.
     pub fn alerts(&self) -> Vec<&Check> {
         self.checks.iter().filter(|c| c.result == CheckResult::Fail && c.action == Action::Alert).collect()
     }
@@ -285,7 +285,7 @@ impl Policy {
         Self::outcome(entry, vec![check])
     }
 
-    /// The check behind a shadow-agent finding: the agent's identity
+    /// Builds the check behind a shadow-agent finding: the agent's identity
     /// matched no entry of the inventory.
     pub fn check_inventory(&self, identity: &Identity, registered_in_config: &[String]) -> Outcome {
         let mut allowed: Vec<Value> = self.agents.iter().map(|a| json!({ "name": a.name })).collect();

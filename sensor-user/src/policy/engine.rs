@@ -56,13 +56,13 @@ impl PolicyEngine {
         self.current.as_ref().map(|c| &c.policy)
     }
 
-    /// The policy in force, or an empty one, for checks that run even
-    /// without a policy (the shadow-agent inventory).
+    /// Returns the policy in force, or an empty one, for checks that run
+    /// even without a policy (the shadow-agent inventory).
     pub fn policy_or_empty(&self) -> &Policy {
         self.policy().unwrap_or(&self.empty)
     }
 
-    /// The `policy_reload` section for the policy loaded at start.
+    /// Builds the `policy_reload` section for the policy loaded at start.
     pub fn start_report(&self) -> Option<Value> {
         let (path, loaded) = (self.path.as_ref()?, self.current.as_ref()?);
         Some(json!({
@@ -130,7 +130,7 @@ impl PolicyEngine {
     /// `HOME` of the first of `keys` (the process, then its ancestors) whose
     /// environment can be read, and the home of `uid` in the passwd file.
     /// A short-lived tool is often gone when its file operations are
-    /// checked, so its parent's environment stands in for its own.
+    /// checked, so its parent's environment is used in place of its own.
     pub fn homes(&mut self, keys: &[ProcKey], uid: Option<u32>) -> Vec<String> {
         let mut homes = Vec::new();
         for key in keys {

@@ -1,6 +1,7 @@
-//! Matchers the policy's rules compile to: wildcards for names, paths,
-//! host names and command lines; CIDR blocks; port ranges; paths under
-//! `~`, which stands for any home directory.
+//! Matchers the policy's rules compile to. Wildcards match names, paths,
+//! host names and command lines. CIDR blocks and port ranges match
+//! destinations. Path patterns may start with `~`, meaning any home
+//! directory.
 
 use std::net::IpAddr;
 

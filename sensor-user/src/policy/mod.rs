@@ -1,10 +1,10 @@
 //! Pipeline stage 7: the policy. A YAML file (`policy.path`) in; checks
 //! with their evidence, verdicts and findings out.
 //!
-//! The file lists the registered agents (selectors on the executable, the
-//! user, the cgroup or systemd unit, and pod fields), and for each agent
-//! the tools it may run, where it may connect, which LLM providers and
-//! models it may use, and which paths are sensitive. `defaults` applies to
+//! The file lists the registered agents with selectors on the executable,
+//! the user, the cgroup or systemd unit, and pod fields. For each agent it
+//! lists the tools it may run, where it may connect, which LLM providers
+//! and models it may use, and which paths are sensitive. `defaults` applies to
 //! agents that match no entry. The daemon checks every tool spawn, every
 //! connect and file operation of an agent's tree, and every LLM request,
 //! and writes the checks into the record (`check.rs`); failures with the
@@ -54,7 +54,7 @@ pub struct PolicyConfig {
     pub path: Option<PathBuf>,
 }
 
-/// What a failed check does.
+/// The consequence of a failed check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -193,7 +193,7 @@ impl PolicyError {
         }
     }
 
-    /// The sha256 of the file that was read, when it could be read.
+    /// Returns the sha256 of the file that was read, when it could be read.
     pub fn sha256(&self) -> Option<&str> {
         match self {
             PolicyError::Invalid { sha256, .. } => Some(sha256),
