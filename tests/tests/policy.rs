@@ -14,14 +14,20 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::Duration,
 };
 
-use integration_tests::{require_binary, require_sensor, sensor_binary, Sensor, TempDir};
+use integration_tests::{
+    llm_server::{fixtures_dir, python_binary, run_client, LlmServer, OLLAMA_PORT},
+    require_binary, require_sensor, sensor_binary, Sensor, TempDir,
+};
 use serde_json::Value;
 
 /// Exit code of a Rust program that panicked.
 const PANIC_EXIT_CODE: i32 = 101;
 const AGENT_PROGRAM: &str = "policy-agent";
+/// The model `fixtures/ollama_client.py` is asked to request.
+const OLLAMA_MODEL: &str = "llama3.2";
 const SHADOW_PROGRAM: &str = "shadow-agent";
 
 /// A policy with each problem on a known line.
@@ -389,4 +395,52 @@ fn malformed_policy_lists_every_problem() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/policy.yaml");
     let output = agent_sensor(&["check-policy", &example.to_string_lossy()]);
     assert!(output.status.success(), "the shipped example is valid: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn llm_model_outside_policy() {
+    require_sensor!();
+    let dir = TempDir::new("policy-llm");
+    let policy = dir.path().join("policy.yaml");
+    let text = format!(
+        "agents:
+  - name: ollama-client
+    match:
+      exe: {python}
+    llm:
+      providers: [ollama]
+      models: [\"qwen*\"]
+",
+        python = python_binary().display()
+    );
+    std::fs::write(&policy, text).expect("write the policy");
+    let server = LlmServer::start(&[]);
+    let sensor = Sensor::start(&format!("[policy]\npath = \"{}\"\n", policy.display()));
+
+    let url = format!("http://{}:{OLLAMA_PORT}/api/chat", server.address);
+    let mut command = server.client(python_binary());
+    command
+        .env("LLM_PROMPT", "list the files")
+        .arg(fixtures_dir().join("ollama_client.py"))
+        .args([url.as_str(), OLLAMA_MODEL]);
+    let pid = run_client(&mut command, Duration::from_secs(60)).pid;
+
+    let request = sensor.expect("llm.request of the Ollama client", |r| r["kind"] == "llm.request" && r["process"]["pid"] == pid);
+    assert_eq!(request["policy"]["entry"], "ollama-client", "{request}");
+    let providers = check(&request, "ollama-client/llm.providers");
+    assert_eq!(providers["result"], "pass", "{request}");
+    assert_eq!(providers["observed"]["provider"], "ollama", "{request}");
+    let models = check(&request, "ollama-client/llm.models");
+    assert_eq!(models["result"], "fail", "{request}");
+    assert_eq!(models["observed"]["model"], OLLAMA_MODEL, "{request}");
+    assert_eq!(models["allowed"][0], "qwen*", "{request}");
+    assert_eq!(request["policy"]["verdict"], "alert", "{request}");
+
+    let finding = sensor.expect("the finding of the model check", |r| r["finding"]["cause"]["record_id"] == request["id"]);
+    assert_eq!(finding["kind"], "finding.policy_violation", "{finding}");
+    assert_eq!(finding["finding"]["severity"], "medium", "{finding}");
+    assert!(references(&finding).contains(&("owasp_agentic_top10_2026".into(), "ASI04".into())), "{finding}");
+    let failed = finding["policy"]["checks"].as_array().expect("the finding's checks");
+    assert_eq!(failed.len(), 1, "only the failed check: {finding}");
+    assert_eq!(failed[0]["rule"], "ollama-client/llm.models", "{finding}");
 }
