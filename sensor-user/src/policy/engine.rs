@@ -30,6 +30,9 @@ pub struct PolicyEngine {
     procfs: PathBuf,
     passwd: PathBuf,
     homes: HashMap<ProcKey, Option<String>>,
+    /// Home directories from the passwd file by uid, read once per uid
+    /// and reread after a reload.
+    user_homes: HashMap<u32, Option<String>>,
     empty: Policy,
 }
 
@@ -37,7 +40,7 @@ impl PolicyEngine {
     /// Loads the configured policy. A missing or invalid file is an error:
     /// the daemon does not start with a policy other than the one asked for.
     pub fn start(config: &PolicyConfig, procfs: PathBuf, passwd: PathBuf) -> Result<Self, PolicyError> {
-        let mut engine = PolicyEngine { path: config.path.clone(), current: None, last_seen: None, procfs, passwd, homes: HashMap::new(), empty: Policy::default() };
+        let mut engine = PolicyEngine { path: config.path.clone(), current: None, last_seen: None, procfs, passwd, homes: HashMap::new(), user_homes: HashMap::new(), empty: Policy::default() };
         if let Some(path) = &config.path {
             let bytes = super::read(path)?;
             let loaded = super::from_bytes(path, &bytes)?;
@@ -91,6 +94,7 @@ impl PolicyEngine {
             return None;
         }
         self.last_seen = Some(seen);
+        self.user_homes.clear();
         let result = read.and_then(|bytes| super::from_bytes(&path, &bytes));
         match result {
             Ok(loaded) => {
@@ -139,8 +143,11 @@ impl PolicyEngine {
                 break;
             }
         }
-        if let Some(home) = uid.and_then(|uid| passwd_home(&self.passwd, uid)) {
-            homes.push(home);
+        if let Some(uid) = uid {
+            let passwd = &self.passwd;
+            if let Some(home) = self.user_homes.entry(uid).or_insert_with(|| passwd_home(passwd, uid)) {
+                homes.push(home.clone());
+            }
         }
         homes
     }

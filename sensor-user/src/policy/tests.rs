@@ -283,3 +283,38 @@ fn finding_references_cover_three_frameworks() {
         assert!(refs.iter().filter(|r| r.framework == "owasp_agentic_top10_2026").all(|r| r.id.len() == 5 && r.id.starts_with("ASI")));
     }
 }
+
+/// Times the checks on the shipped example, for docs/benchmarks.md-style
+/// figures; run with `--ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn check_cost() {
+    let text = include_str!("../../../docs/examples/policy.yaml");
+    let started = std::time::Instant::now();
+    const LOADS: u32 = 1000;
+    for _ in 0..LOADS {
+        std::hint::black_box(parse::parse(text).unwrap());
+    }
+    let load_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(LOADS);
+    let policy = policy(text);
+    let homes = vec!["/home/support".to_owned()];
+    let words = argv(&["git", "push", "origin", "main"]);
+    const CHECKS: u32 = 100_000;
+    let started = std::time::Instant::now();
+    for _ in 0..CHECKS {
+        std::hint::black_box(policy.check_tool(Some("support-bot"), Some("/usr/bin/git"), None, &words));
+    }
+    let tool_ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(CHECKS);
+    let started = std::time::Instant::now();
+    for _ in 0..CHECKS {
+        std::hint::black_box(policy.check_path(Some("support-bot"), "/home/support/project/src/main.rs", None, &homes));
+    }
+    let path_ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(CHECKS);
+    let address: IpAddr = "10.20.1.1".parse().unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..CHECKS {
+        std::hint::black_box(policy.check_egress(Some("support-bot"), Some(address), Some(9000), None, "tcp"));
+    }
+    let egress_ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(CHECKS);
+    println!("load {load_us:.1} us; check_tool {tool_ns:.0} ns; check_path {path_ns:.0} ns; check_egress {egress_ns:.0} ns");
+}
