@@ -239,11 +239,9 @@ fn main() -> ExitCode {
             }
             // Checked here so every problem is printed on its own line; the
             // daemon loads the file again when it starts.
-            if let Some(path) = &config.policy.path {
-                if let Err(error) = policy::load(path) {
-                    print_policy_error(&error);
-                    return ExitCode::from(2);
-                }
+            if let Some(Err(error)) = config.policy.path.as_deref().map(policy::load) {
+                print_policy_error(&error);
+                return ExitCode::from(2);
             }
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,

@@ -219,10 +219,8 @@ impl PathPattern {
 pub fn homes_for(path: &str, known: &[String]) -> Vec<String> {
     let mut homes: Vec<String> = known.iter().filter(|h| h.starts_with('/') && h.len() > 1).cloned().collect();
     homes.push("/root".to_owned());
-    if let Some(rest) = path.strip_prefix("/home/") {
-        if let Some(user) = rest.split('/').next().filter(|user| !user.is_empty()) {
-            homes.push(format!("/home/{user}"));
-        }
+    if let Some(user) = path.strip_prefix("/home/").and_then(|rest| rest.split('/').next()).filter(|user| !user.is_empty()) {
+        homes.push(format!("/home/{user}"));
     }
     homes.sort();
     homes.dedup();

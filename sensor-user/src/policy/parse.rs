@@ -118,10 +118,9 @@ impl Validator {
         for (key, node) in self.mapping(root, "", &["version", "defaults", "agents", "sensitive_paths"]) {
             match key {
                 "version" => {
-                    if let Some(version) = self.integer::<u32>(node, "version", "(1)") {
-                        if version != 1 {
-                            self.problem("version", node.line, format!("unsupported version {version}; this sensor reads version 1"));
-                        }
+                    let version = self.integer::<u32>(node, "version", "(1)");
+                    if let Some(version) = version.filter(|&v| v != 1) {
+                        self.problem("version", node.line, format!("unsupported version {version}; this sensor reads version 1"));
                     }
                 }
                 "defaults" => policy.defaults = self.rules(node, "defaults", &[]),
