@@ -40,17 +40,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let boot_id = read_boot_id();
     let host = Host { name: hostname(), boot_id: boot_id.clone() };
     let stamper = Stamper::new(host, Clock::from_system());
+    // Loaded before the sinks open, so a recovery record already carries
+    // the policy's sha256.
+    let policy = PolicyEngine::start(&config.policy, config.process.procfs_path.clone(), config.identity.passwd_path.clone())
+        .map_err(|error| {
+            let problems = error.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            anyhow::anyhow!("{error}: {problems}")
+        })?;
+    stamper.set_policy_sha256(policy.sha256());
     // Shares the stamper's sequence: it resumes the evidence chain's.
     let sinks = Sinks::open(&config.output, &config.evidence, stamper.clone())?;
     let catalog = Catalog::new(&config.catalog)?;
     let fingerprint_key = load_or_create_key(&config.llm.fingerprint_key_path)?;
     let uprobes_loaded = !probes.report.degraded.iter().any(|d| probes::UPROBE_PROGRAMS.contains(&d.hook.as_str()));
     let boot_prefix: String = boot_id.chars().take(8).collect();
-    let policy = PolicyEngine::start(&config.policy, config.process.procfs_path.clone(), config.identity.passwd_path.clone())
-        .map_err(|error| {
-            let problems = error.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-            anyhow::anyhow!("{error}: {problems}")
-        })?;
     let argv_capability = !probes.report.degraded.iter().any(|d| d.hook == "exec.argv_and_exe");
     let mut pipeline = Pipeline {
         table: {
@@ -87,7 +90,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .then(|| crate::reconcile::Live::new(config.reconcile.clone(), config.process.procfs_path.clone())),
         policy,
     };
-    pipeline.stamper.set_policy_sha256(pipeline.policy.sha256());
     let (mut ingest, ingest_problems) = match config.ingest.enabled {
         true => {
             let (ingest, problems) = crate::ingest::start(&config.ingest, config.process.procfs_path.clone()).await;

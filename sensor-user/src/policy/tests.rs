@@ -318,3 +318,50 @@ fn check_cost() {
     let egress_ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(CHECKS);
     println!("load {load_us:.1} us; check_tool {tool_ns:.0} ns; check_path {path_ns:.0} ns; check_egress {egress_ns:.0} ns");
 }
+
+#[test]
+fn reload_keeps_last_good_policy() {
+    let dir = std::env::temp_dir().join(format!("agent-sensor-policy-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, "agents: []\n").unwrap();
+    let config = PolicyConfig { path: Some(path.clone()) };
+    let mut engine = engine::PolicyEngine::start(&config, "/proc".into(), "/etc/passwd".into()).unwrap();
+    let good = engine.sha256().to_owned();
+    assert_eq!(good, sha256_hex(b"agents: []\n"));
+    assert_eq!(engine.start_report().unwrap()["result"], "loaded");
+    assert!(engine.reload("file_changed", false).is_none(), "an unchanged file is not reloaded");
+
+    std::fs::write(&path, "agents: 3\nbogus: 1\n").unwrap();
+    let rejected = engine.reload("file_changed", false).expect("a changed file is reloaded");
+    assert_eq!(rejected["result"], "rejected");
+    assert_eq!(rejected["previous_sha256"], good.as_str());
+    assert_eq!(rejected["errors"].as_array().map(Vec::len), Some(2), "{rejected}");
+    assert_eq!(rejected["errors"][1]["key"], "bogus");
+    assert_eq!(rejected["errors"][1]["line"], 2);
+    assert_eq!(engine.sha256(), good, "the last good policy stays in force");
+    assert!(engine.policy().is_some());
+    assert!(engine.reload("file_changed", false).is_none(), "a bad file is reported once");
+    assert_eq!(engine.reload("sighup", true).expect("SIGHUP always reloads")["result"], "rejected");
+
+    std::fs::remove_file(&path).unwrap();
+    let missing = engine.reload("file_changed", false).expect("a removed file is reported");
+    assert_eq!(missing["result"], "rejected");
+    assert!(missing["sha256"].is_null(), "{missing}");
+    assert_eq!(engine.sha256(), good);
+
+    std::fs::write(&path, "version: 1\n").unwrap();
+    let loaded = engine.reload("file_changed", false).expect("a fixed file is reloaded");
+    assert_eq!(loaded["result"], "loaded");
+    assert_eq!(engine.sha256(), sha256_hex(b"version: 1\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn start_rejects_bad_policy() {
+    let config = PolicyConfig { path: Some("/nonexistent/agent-sensor/policy.yaml".into()) };
+    let error = engine::PolicyEngine::start(&config, "/proc".into(), "/etc/passwd".into()).err().expect("a missing file is an error");
+    assert!(matches!(error, PolicyError::Read { .. }), "{error}");
+    let none = engine::PolicyEngine::start(&PolicyConfig::default(), "/proc".into(), "/etc/passwd".into()).unwrap();
+    assert_eq!(none.sha256(), "none");
+}
