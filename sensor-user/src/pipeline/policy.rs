@@ -132,6 +132,10 @@ impl Pipeline {
 
     /// Returns the policy entry that a process about to become an agent
     /// matches.
+    ///
+    // LIMITATION: the match is made once, at detection. After a reload a
+    // running agent keeps its entry's name (or `defaults`) and is not
+    // matched against the new inventory.
     pub(super) fn policy_entry_of(&mut self, key: ProcKey, time_ns: u64) -> Option<String> {
         if self.agents.is_member(&key) {
             return None;
