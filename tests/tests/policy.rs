@@ -90,6 +90,7 @@ impl Fixture {
         let home = dir.path().join("home");
         std::fs::create_dir_all(home.join(".aws")).expect("create $HOME/.aws");
         std::fs::write(home.join(".aws/credentials"), "[default]\nregion = none\n").expect("write credentials");
+        std::fs::write(home.join(".aws/old"), "").expect("write a file for the agent to remove");
         let allowed = TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
         let denied = TcpListener::bind("127.0.0.2:0").expect("listen on 127.0.0.2 (all of 127.0.0.0/8 is on lo)");
         let policy = dir.path().join("policy.yaml");
@@ -122,6 +123,8 @@ agents:
         args: \"/etc/*\"
       - exe: cat
         args: \"*/.aws/*\"
+      - exe: rm
+        args: \"-f *\"
     egress:
       - cidr: 127.0.0.1/32
         port: {port}
@@ -139,7 +142,8 @@ agents:
     }
 
     /// Runs the test agent: an allowed tool, a disallowed one, an allowed
-    /// and a disallowed connect, and a read of `$HOME/.aws/credentials`.
+    /// and a disallowed connect, a read of `$HOME/.aws/credentials` and the
+    /// removal of a file beside it.
     /// The first sleep lets the daemon mark the agent in the kernel before
     /// it forks, so its children's file operations are recorded.
     fn run_agent(&self) -> u32 {
@@ -150,6 +154,7 @@ uname -a > /dev/null
 exec 3<>/dev/tcp/127.0.0.1/{allowed}
 exec 4<>/dev/tcp/127.0.0.2/{denied}
 cat \"$HOME/.aws/credentials\" > /dev/null
+rm -f \"$HOME/.aws/old\"
 exec 3>&- 4>&-
 ",
             allowed = self.allowed_port(),
@@ -218,7 +223,7 @@ fn assert_violations(sensor: &Sensor, pid: u32) -> String {
     let tools = check(&uname, "test-agent/tools");
     assert_eq!(tools["result"], "fail", "{uname}");
     assert_eq!(tools["observed"]["name"], "uname", "{uname}");
-    assert!(tools["allowed"].as_array().is_some_and(|a| a.len() == 3), "the rule's three entries: {uname}");
+    assert!(tools["allowed"].as_array().is_some_and(|a| a.len() == 4), "the rule's four entries: {uname}");
     assert!(tools["reason"].as_str().is_some_and(|r| r.contains("uname")), "{uname}");
     assert_eq!(uname["policy"]["verdict"], "alert", "{uname}");
     assert_eq!(uname["policy"]["entry"], "test-agent", "{uname}");
@@ -243,11 +248,19 @@ fn assert_violations(sensor: &Sensor, pid: u32) -> String {
     assert!(sensitive["observed"]["home"].as_array().is_some_and(|homes| homes.iter().any(|h| h.as_str().is_some_and(|h| h.ends_with("/home")))), "the test HOME stands for ~: {read}");
     assert_eq!(read["policy"]["verdict"], "alert", "{read}");
 
+    let unlink = sensor.expect("file.unlink under .aws", |r| {
+        r["kind"] == "file.unlink" && r["process"]["ppid"] == pid && r["file"]["path"].as_str().is_some_and(|p| p.ends_with("/.aws/old"))
+    });
+    let removed = check(&unlink, "test-agent/sensitive_paths");
+    assert_eq!(removed["result"], "fail", "{unlink}");
+    assert_eq!(removed["observed"]["access"], "unlink", "{unlink}");
+
     let records = sensor.records();
     for (cause, kind, framework_id) in [
         (&uname, "finding.policy_violation", "ASI02"),
         (&denied, "finding.policy_violation", "ASI02"),
         (&read, "finding.sensitive_access", "ASI03"),
+        (&unlink, "finding.sensitive_access", "ASI03"),
     ] {
         let finding = match finding_for(&records, cause) {
             Some(finding) => finding.clone(),
@@ -264,6 +277,8 @@ fn assert_violations(sensor: &Sensor, pid: u32) -> String {
         assert!(failed.iter().all(|c| c["result"] == "fail"), "{finding}");
         assert_eq!(failed[0]["observed"], check(cause, failed[0]["rule"].as_str().unwrap())["observed"], "{finding}");
         assert_eq!(finding["policy_sha256"], cause["policy_sha256"], "{finding}");
+        let severity = if cause["kind"] == "file.unlink" { "critical" } else { "high" };
+        assert_eq!(finding["finding"]["severity"], severity, "{finding}");
     }
     uname["policy_sha256"].as_str().expect("policy_sha256").to_owned()
 }
