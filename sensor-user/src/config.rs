@@ -25,6 +25,7 @@ pub struct Config {
     pub evidence: EvidenceConfig,
     pub ingest: crate::ingest::IngestConfig,
     pub reconcile: crate::reconcile::ReconcileConfig,
+    pub policy: crate::policy::PolicyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -23,6 +23,7 @@ use crate::{
     llm::{LlmConfig, LlmStreams},
     net::{catalog::Catalog, dns::DnsCache, PendingConnects},
     pipeline::Pipeline,
+    policy::engine::PolicyEngine,
     probes::{self, uprobes::UprobeManager, Probes},
     process::{procfs, ProcessTable},
     sinks::Sinks,
@@ -30,6 +31,8 @@ use crate::{
 
 /// Records handled before the loop yields to timers and signals.
 const BATCH: usize = 4096;
+/// How often the policy file is reread to see whether its content changed.
+const POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut probes = Probes::start(&config.probes)?;
@@ -37,6 +40,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let boot_id = read_boot_id();
     let host = Host { name: hostname(), boot_id: boot_id.clone() };
     let stamper = Stamper::new(host, Clock::from_system());
+    // Loaded before the sinks open, so a recovery record already carries
+    // the policy's sha256.
+    let policy = PolicyEngine::start(&config.policy, config.process.procfs_path.clone(), config.identity.passwd_path.clone())
+        .map_err(|error| {
+            let problems = error.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            anyhow::anyhow!("{error}: {problems}")
+        })?;
+    stamper.set_policy_sha256(policy.sha256());
     // Shares the stamper's sequence: it resumes the evidence chain's.
     let sinks = Sinks::open(&config.output, &config.evidence, stamper.clone())?;
     let catalog = Catalog::new(&config.catalog)?;
@@ -77,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .reconcile
             .enabled
             .then(|| crate::reconcile::Live::new(config.reconcile.clone(), config.process.procfs_path.clone())),
+        policy,
     };
     let (mut ingest, ingest_problems) = match config.ingest.enabled {
         true => {
@@ -117,11 +129,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "ring_buffer_bytes": config.probes.ring_buffer_bytes,
             "argv_max_bytes": config.probes.argv_max_bytes,
             "evidence_path": config.output.evidence_file(),
+            "policy": { "path": config.policy.path, "sha256": pipeline.policy.sha256() },
             "identity": pipeline.identity.as_ref().map(Identity::summary),
             "ingest": ingest.as_ref().map(|i| json!({ "listen": i.listen })),
         })),
         ..Record::new(start)
     })?;
+    if let Some(section) = pipeline.policy.start_report() {
+        pipeline.emit_policy_reload(section)?;
+    }
     for degraded in &probes.report.degraded {
         log::warn!("degraded: {}: {}", degraded.hook, degraded.reason);
         let head = pipeline.stamper.head("sensor.degraded", now);
@@ -183,6 +199,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut reconcile_timer = tokio::time::interval(Duration::from_millis(config.reconcile.tick_ms));
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut policy_timer = tokio::time::interval(POLICY_POLL_INTERVAL);
 
     let reason = loop {
         tokio::select! {
@@ -211,6 +229,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     control::reply(stream, snapshot);
                 }
             }
+            _ = sighup.recv() => pipeline.reload_policy("sighup", true)?,
+            _ = policy_timer.tick() => pipeline.reload_policy("file_changed", false)?,
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
         }

@@ -10,6 +10,7 @@ mod identity;
 mod ingest;
 mod net;
 mod pipeline;
+mod policy;
 mod probes;
 mod process;
 mod reconcile;
@@ -40,6 +41,9 @@ enum Command {
         /// Do not write records to standard output.
         #[arg(long)]
         no_stdout: bool,
+        /// Policy file (YAML), overriding `policy.path`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// List the agents a running daemon has seen, with their sessions.
     Agents {
@@ -53,6 +57,12 @@ enum Command {
     /// Validate a configuration file and print every problem found.
     CheckConfig {
         /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Validate a policy file and print every problem found, with its key
+    /// and line. Exit codes: 0 valid, 2 invalid or unreadable.
+    CheckPolicy {
+        /// Policy file (YAML).
         file: PathBuf,
     },
     /// Verify the hash chain and signed checkpoints of evidence files.
@@ -117,12 +127,25 @@ fn one_line(error: &anyhow::Error) -> String {
     text
 }
 
+/// Prints a policy error and each of its problems on its own line.
+fn print_policy_error(error: &policy::PolicyError) {
+    match std::error::Error::source(error) {
+        Some(source) => eprintln!("error: {error}: {source}"),
+        None => eprintln!("error: {error}"),
+    }
+    if let policy::PolicyError::Invalid { problems, .. } = error {
+        for problem in problems {
+            eprintln!("  {problem}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().filter_or("AGENT_SENSOR_LOG", "info"))
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run { config: None, evidence: None, no_stdout: false });
+    let command = cli.command.unwrap_or(Command::Run { config: None, evidence: None, no_stdout: false, policy: None });
     match command {
         Command::Agents { socket, json } => match agents::control::fetch(&socket) {
             Ok(snapshot) if json => {
@@ -145,6 +168,22 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::CheckPolicy { file } => match policy::load(&file) {
+            Ok(loaded) => {
+                println!(
+                    "{}: valid: {} agents, {} rules, sha256 {}",
+                    file.display(),
+                    loaded.policy.agents.len(),
+                    loaded.policy.rule_count(),
+                    loaded.sha256
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                print_policy_error(&error);
                 ExitCode::from(2)
             }
         },
@@ -181,7 +220,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, evidence, no_stdout } => {
+        Command::Run { config, evidence, no_stdout, policy } => {
             let mut config = match config.map(|path| config::Config::load(&path)).transpose() {
                 Ok(config) => config.unwrap_or_default(),
                 Err(error) => {
@@ -194,6 +233,15 @@ fn main() -> ExitCode {
             }
             if no_stdout {
                 config.output.stdout = false;
+            }
+            if let Some(path) = policy {
+                config.policy.path = Some(path);
+            }
+            // Checked here so every problem is printed on its own line; the
+            // daemon loads the file again when it starts.
+            if let Some(Err(error)) = config.policy.path.as_deref().map(policy::load) {
+                print_policy_error(&error);
+                return ExitCode::from(2);
             }
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,

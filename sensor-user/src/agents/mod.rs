@@ -34,7 +34,9 @@ pub struct AgentsConfig {
     /// Executable names that make a process an agent as soon as it starts.
     pub known_programs: Vec<String>,
     /// The registered-agent inventory: an agent matching any entry is
-    /// registered; others raise shadow-agent findings.
+    /// registered; others raise shadow-agent findings. The policy file's
+    /// `agents` are matched first and carry rules; an agent registered
+    /// only here is checked against the policy's `defaults`.
     pub registered: Vec<RegisteredAgent>,
     /// Path prefixes whose read-only opens by agent trees are not recorded:
     /// shared libraries and locale files every program reads. Writes,
@@ -141,6 +143,10 @@ pub struct Agent {
     pub registered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The policy's agent entry whose rules apply; `None` means the
+    /// policy's `defaults`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_entry: Option<Arc<str>>,
     pub detected_by: Vec<Detection>,
     pub session: Session,
     pub endpoints: BTreeSet<String>,
@@ -225,6 +231,11 @@ impl Agents {
         self.config.ignore_read_prefixes.iter().any(|prefix| path.starts_with(prefix.as_str()))
     }
 
+    /// Returns whether `key` is a member of an agent tree.
+    pub fn is_member(&self, key: &ProcKey) -> bool {
+        self.member_of.contains_key(key)
+    }
+
     /// Returns whether `process` runs a known agent program.
     pub fn known_program(&self, process: &Process) -> Option<String> {
         let exe_name = process.exe.path.as_deref().and_then(|p| p.rsplit('/').next());
@@ -236,10 +247,23 @@ impl Agents {
             .map(str::to_owned)
     }
 
+    /// Names of the agents registered in the configuration.
+    pub fn registered_names(&self) -> Vec<String> {
+        self.config.registered.iter().map(|r| r.name.clone()).collect()
+    }
+
+    /// Records a detection signal for `process`, with no policy entry.
+    #[cfg(test)]
+    pub fn detect(&mut self, process: &Process, detection: Detection, time_ns: u64) -> (ProcKey, Changes) {
+        self.detect_as(process, detection, time_ns, None)
+    }
+
     /// Records a detection signal for `process`. The process becomes an
     /// agent unless it already belongs to one, in which case the signal is
-    /// activity of that agent.
-    pub fn detect(&mut self, process: &Process, detection: Detection, time_ns: u64) -> (ProcKey, Changes) {
+    /// activity of that agent. A new agent is registered when it matched
+    /// `policy_entry` in the policy, or else an entry of
+    /// `agents.registered`.
+    pub fn detect_as(&mut self, process: &Process, detection: Detection, time_ns: u64, policy_entry: Option<String>) -> (ProcKey, Changes) {
         if let Some(root) = self.member_of.get(&process.key).copied() {
             let changes = self.activity(root, time_ns, |session| session.connections += 1);
             if let Some(agent) = self.by_root.get_mut(&root) {
@@ -250,7 +274,11 @@ impl Agents {
             }
             return (root, changes);
         }
-        let registered = self.config.registered.iter().find(|r| r.matches(process)).map(|r| r.name.clone());
+        let policy_entry: Option<Arc<str>> = policy_entry.map(Arc::from);
+        let registered = match &policy_entry {
+            Some(entry) => Some(entry.to_string()),
+            None => self.config.registered.iter().find(|r| r.matches(process)).map(|r| r.name.clone()),
+        };
         let session = self.new_session(time_ns);
         let mut endpoints = BTreeSet::new();
         if detection.signal != "known_program" {
@@ -262,6 +290,7 @@ impl Agents {
             agent_id: process.exec_id.clone(),
             registered: registered.is_some(),
             name: registered,
+            policy_entry,
             detected_by: vec![detection],
             session,
             endpoints,

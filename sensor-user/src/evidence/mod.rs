@@ -20,7 +20,7 @@ mod tamper_tests;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, UNIX_EPOCH},
 };
@@ -93,6 +93,8 @@ pub struct Head<'a> {
     pub time_unix_nano: u64,
     pub kind: &'static str,
     pub host: &'a Host,
+    /// sha256 of the policy in force, or `none`.
+    pub policy_sha256: Arc<str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,11 +181,23 @@ pub struct Stamper {
     pub host: Host,
     pub clock: Clock,
     next_seq: Arc<AtomicU64>,
+    /// Shared like the sequence, so checkpoints carry the same policy hash
+    /// as the pipeline's records.
+    policy_sha256: Arc<Mutex<Arc<str>>>,
 }
 
 impl Stamper {
     pub fn new(host: Host, clock: Clock) -> Self {
-        Self { host, clock, next_seq: Arc::new(AtomicU64::new(0)) }
+        Self { host, clock, next_seq: Arc::new(AtomicU64::new(0)), policy_sha256: Arc::new(Mutex::new(Arc::from("none"))) }
+    }
+
+    /// Sets the policy hash that heads stamped from now on carry.
+    pub fn set_policy_sha256(&self, sha256: &str) {
+        *self.policy_sha256.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(sha256);
+    }
+
+    pub fn policy_sha256(&self) -> Arc<str> {
+        self.policy_sha256.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The sequence number the next head gets.
@@ -209,6 +223,7 @@ impl Stamper {
             time_unix_nano: unix_ns,
             kind,
             host: &self.host,
+            policy_sha256: self.policy_sha256(),
         }
     }
 }

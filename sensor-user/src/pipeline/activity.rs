@@ -20,9 +20,10 @@ impl Pipeline {
     /// Feeds a detection signal to the agents stage and records what changed.
     pub(super) fn detect_agent(&mut self, key: ProcKey, detection: Detection, time_ns: u64) -> anyhow::Result<()> {
         self.table.lookup(key);
-        let Some(process) = self.table.get(&key) else { return Ok(()) };
         let evidence = json!(detection);
-        let (root, changes) = self.agents.detect(process, detection, time_ns);
+        let entry = self.policy_entry_of(key, time_ns);
+        let Some(process) = self.table.get(&key) else { return Ok(()) };
+        let (root, changes) = self.agents.detect_as(process, detection, time_ns, entry);
         self.record_changes(root, changes, time_ns, Some(evidence))
     }
 
@@ -30,12 +31,14 @@ impl Pipeline {
         if let Some(session) = changes.session_ended {
             self.emit_session_end(root, session, time_ns)?;
         }
+        let mut detected = None;
         if changes.detected {
             self.track_in_kernel(root);
             self.emit(root, "agent.detected", time_ns, None, |record| {
                 if let Some(evidence) = &evidence {
                     record.sections.insert("detection".into(), evidence.clone());
                 }
+                detected = Some(super::policy::Cause { record_id: record.head.id.clone(), seq: record.head.seq, kind: "agent.detected" });
             })?;
         }
         if changes.shadow_finding {
@@ -50,22 +53,19 @@ impl Pipeline {
             let lineage = self.table.ancestry(root);
             let detected_by = self.agents.agent_of(&root).map(|a| json!(a.detected_by)).unwrap_or_default();
             let endpoints = self.agents.agent_of(&root).map(|a| json!(a.endpoints)).unwrap_or_default();
-            self.emit(root, "finding.shadow_agent", time_ns, None, |record| {
-                record.sections.insert(
-                    "finding".into(),
-                    json!({
-                        "severity": "high",
-                        "title": "unregistered AI agent",
-                        "description": "A process talks to an LLM endpoint but matches no entry of the registered-agent inventory (agents.registered).",
-                        "evidence": {
-                            "detected_by": detected_by,
-                            "endpoints": endpoints,
-                            "identity": identity,
-                            "lineage": lineage,
-                        },
-                    }),
-                );
-            })?;
+            let finding = json!({
+                "severity": "high",
+                "title": "unregistered AI agent",
+                "description": "A process talks to an LLM endpoint but matches no entry of the registered-agent inventory (the policy's agents and agents.registered).",
+                "evidence": {
+                    "detected_by": detected_by,
+                    "endpoints": endpoints,
+                    "identity": identity,
+                    "lineage": lineage,
+                },
+            });
+            let sections = self.shadow_sections(root, time_ns, detected.as_ref(), finding);
+            self.emit(root, "finding.shadow_agent", time_ns, None, |record| record.sections.extend(sections))?;
         }
         Ok(())
     }

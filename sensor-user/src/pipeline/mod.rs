@@ -8,6 +8,7 @@
 
 mod activity;
 mod network;
+mod policy;
 
 use std::collections::HashMap;
 
@@ -32,6 +33,7 @@ use crate::{
 };
 
 pub use network::Connection;
+pub use policy::complete_reconcile_finding;
 
 /// A pending connect with no handshake outcome after this long is reported
 /// with an unknown outcome; TCP gives up on a SYN well before (about 127 s
@@ -68,6 +70,8 @@ pub struct Pipeline {
     /// Reconciliation with agents' telemetry (stage 8); `None` when
     /// `reconcile.enabled` is off.
     pub reconcile: Option<crate::reconcile::Live>,
+    /// The policy in force (stage 7).
+    pub policy: crate::policy::engine::PolicyEngine,
 }
 
 impl Pipeline {
@@ -146,22 +150,37 @@ impl Pipeline {
         fill: impl FnOnce(&mut Record<'_>),
     ) -> anyhow::Result<()> {
         self.table.lookup(key);
-        let Pipeline { table, stamper, sinks, agents, identity, reconcile, .. } = self;
+        let Pipeline { table, stamper, sinks, agents, identity, reconcile, policy, .. } = self;
         let process = table.get(&key).context("process vanished from the table")?;
         let clock = stamper.clock;
         let view = ProcessView::new(table, process, tid, &clock, table.start_ns(key));
-        let agent = agents.agent_of(&key).map(AgentView::from);
+        let agent = agents.agent_of(&key);
         let mut record = Record::new(stamper.head(kind, time_ns));
         record.workload = identity
             .as_mut()
             .map(|identity| identity.resolve(process.cgroup_id, process.cgroup_path.as_deref(), process.uid, time_ns));
         record.process = Some(view);
-        record.agent = agent;
+        record.agent = agent.map(AgentView::from);
         fill(&mut record);
+        let outcome = policy::evaluate(policy, kind, process, agent, &record);
+        if let Some(outcome) = &outcome {
+            record.sections.insert("policy".into(), outcome.to_json());
+        }
         sinks.write(&record)?;
         if let Some(reconcile) = reconcile {
             reconcile.observe(&record);
         }
+        let Some(outcome) = outcome.filter(|o| !o.alerts().is_empty()) else { return Ok(()) };
+        let cause = policy::Cause { record_id: record.head.id.clone(), seq: record.head.seq, kind };
+        let workload = record.workload.take();
+        drop(record);
+        let (finding_kind, sections) = policy::finding(&outcome, &cause);
+        let mut finding = Record::new(stamper.head(finding_kind, time_ns));
+        finding.process = Some(ProcessView::new(table, process, tid, &clock, table.start_ns(key)));
+        finding.workload = workload;
+        finding.agent = agent.map(AgentView::from);
+        finding.sections = sections;
+        sinks.write(&finding)?;
         Ok(())
     }
 
@@ -204,6 +223,7 @@ impl Pipeline {
         }
         for key in self.table.collect_garbage(now) {
             self.agents.forget(&key);
+            self.policy.forget(&key);
             self.tls_scanned.remove(&key);
         }
         let live = |pid: &u32, table: &ProcessTable| table.latest(*pid).is_some();

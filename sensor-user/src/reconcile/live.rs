@@ -117,7 +117,8 @@ impl Pipeline {
     }
 
     fn write_outputs(&mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
-        for output in outputs {
+        for mut output in outputs {
+            crate::pipeline::complete_reconcile_finding(output.kind, &mut output.sections);
             let head = self.stamper.head(output.kind, Clock::boot_now_ns());
             self.sinks.write(&Record { sections: output.sections, ..Record::new(head) })?;
         }

@@ -110,8 +110,10 @@ pub fn output_json(output: &Output) -> Value {
         "time": rfc3339(output.time_ns),
         "time_unix_nano": output.time_ns,
     });
+    let mut sections = output.sections.clone();
+    crate::pipeline::complete_reconcile_finding(output.kind, &mut sections);
     if let Some(object) = value.as_object_mut() {
-        object.extend(output.sections.clone());
+        object.extend(sections);
     }
     value
 }
