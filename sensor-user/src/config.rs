@@ -25,6 +25,8 @@ pub struct Config {
     pub evidence: EvidenceConfig,
     pub ingest: crate::ingest::IngestConfig,
     pub reconcile: crate::reconcile::ReconcileConfig,
+    pub export: crate::export::ExportConfig,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -462,6 +464,8 @@ impl Config {
         );
         crate::ingest::validate(&self.ingest, &mut check);
         crate::reconcile::validate(&self.reconcile, &mut check);
+        crate::export::validate(&self.export, &mut check);
+        crate::metrics::validate(&self.metrics, &mut check);
         problems
     }
 }

@@ -113,6 +113,10 @@ pub struct DnsCache {
 const MAX_NAMES: usize = 65536;
 
 impl DnsCache {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
     pub fn insert(&mut self, address: IpAddr, name: String, time_ns: u64) {
         if self.names.len() >= MAX_NAMES && !self.names.contains_key(&address) {
             let oldest = self.names.iter().min_by_key(|(_, (_, t))| *t).map(|(a, _)| *a);
