@@ -101,6 +101,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let scanned_count = scanned.len();
     let keys = pipeline.table.seed(scanned);
 
+    // Bound before `sensor.start`, so a client that sees that record can
+    // connect; the loop answers once it runs.
+    let (mut metrics_requests, metrics_problem) = match config.metrics.enabled {
+        true => match start_metrics(&config.metrics.listen).await {
+            Ok(requests) => (Some(requests), None),
+            Err(reason) => (None, Some(reason)),
+        },
+        false => (None, None),
+    };
+
     let now = Clock::boot_now_ns();
     let start = pipeline.stamper.head("sensor.start", now);
     pipeline.sinks.write(&Record {
@@ -115,6 +125,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "evidence_path": config.output.evidence_file(),
             "identity": pipeline.identity.as_ref().map(Identity::summary),
             "ingest": ingest.as_ref().map(|i| json!({ "listen": i.listen })),
+            "metrics": metrics_requests.as_ref().map(|_| json!({ "listen": config.metrics.listen })),
+            "export": config.export.otlp.enabled().then(|| json!({ "endpoint": config.export.otlp.endpoint })),
         })),
         ..Record::new(start)
     })?;
@@ -129,6 +141,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for problem in &ingest_problems {
         log::warn!("degraded: ingest: {problem}");
         pipeline.emit_sensor("sensor.degraded", json!({ "hook": "ingest", "reason": problem.to_string() }))?;
+    }
+    if let Some(reason) = metrics_problem {
+        log::warn!("degraded: metrics: {reason}");
+        pipeline.emit_sensor("sensor.degraded", json!({ "hook": "metrics", "reason": reason }))?;
     }
     for key in &keys {
         pipeline.emit(*key, "process.snapshot", now, None, |_| {})?;
@@ -154,17 +170,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pipeline.emit_sensor("sensor.degraded", json!({ "hook": "control_socket", "reason": format!("{error:#}") }))?;
             None
         }
-    };
-    let mut metrics_requests = match config.metrics.enabled {
-        true => match start_metrics(&config.metrics.listen).await {
-            Ok(requests) => Some(requests),
-            Err(reason) => {
-                log::warn!("degraded: metrics: {reason}");
-                pipeline.emit_sensor("sensor.degraded", json!({ "hook": "metrics", "reason": reason }))?;
-                None
-            }
-        },
-        false => None,
     };
     log::info!(
         "agent-sensor started: {} hooks attached, {} degraded, {} processes scanned",
