@@ -132,6 +132,20 @@ fn every_record_arrives_once_in_order_across_an_outage() {
     assert!(lines.last().unwrap().contains("\"kind\":\"evidence.checkpoint\""), "the shutdown checkpoint is missing");
     assert!(!lines.iter().any(|l| l.contains("\"kind\":\"sensor.loss\"")), "export lost records: {stderr}");
     assert_same_records(&received, &lines);
+
+    // What the receiver got is a chain `verify` accepts on its own.
+    let exported = dir.path().join("exported.jsonl");
+    let bodies: String = received.iter().map(|r| format!("{}\n", r.body)).collect();
+    std::fs::write(&exported, bodies).unwrap();
+    let verify = Command::new(integration_tests::sensor_binary().unwrap()).arg("verify").arg(&exported).output().unwrap();
+    // 0 is clean and 4 is warnings only: the test's checkpoints are unsigned.
+    assert!(
+        matches!(verify.status.code(), Some(0 | 4)),
+        "verify rejected the exported records ({}): {}{}",
+        verify.status,
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]

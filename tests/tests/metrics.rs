@@ -22,7 +22,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The value of the sample whose name and labels are exactly `series`.
+/// Returns the value of the sample whose name and labels are exactly `series`.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())

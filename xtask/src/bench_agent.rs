@@ -22,21 +22,21 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::Sensor;
 
-/// Targets from issue 7.
+/// The targets: at most half a percent of one core and 40 MB resident.
 const CPU_TARGET_PERCENT: f64 = 0.5;
 const RSS_TARGET_MIB: f64 = 40.0;
 const WARM_UP: Duration = Duration::from_secs(5);
 const MODEL: &str = "bench-model";
 
 /// Binds the Ollama port on the first free loopback address, so the
-/// sensor's catalog sees the provider it knows.
+/// sensor's provider catalog matches the destination.
 fn bind_server() -> Result<TcpListener> {
     for last in 1..32u8 {
         if let Ok(listener) = TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, last), 11434)) {
             return Ok(listener);
         }
     }
-    bail!("port 11434 is taken on 127.0.0.1 to 127.0.0.31")
+    bail!("port 11434 is in use on 127.0.0.1 to 127.0.0.31; stop the local model server and run the bench again")
 }
 
 fn serve(listener: TcpListener) {
@@ -91,8 +91,8 @@ fn answer(stream: TcpStream, reply: &str) -> std::io::Result<()> {
     writer.write_all(response.as_bytes())
 }
 
-/// The agent: `count` requests at `rate` per second, each followed by a
-/// tool spawn. Runs as its own process (`cargo xtask agent-client`).
+/// Runs the agent: `count` requests at `rate` per second, each followed by
+/// a tool spawn. Runs as its own process (`cargo xtask agent-client`).
 pub fn client(address: &str, rate: f64, count: usize) -> Result<()> {
     let body = serde_json::json!({
         "model": MODEL,

@@ -65,11 +65,11 @@ struct Segment {
     len: u64,
 }
 
-/// What `Buffer::push` did with a frame.
+/// Outcome of `Buffer::push`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Stored,
-    /// The buffer holds `max_bytes` of unacknowledged frames already.
+    /// The buffer already contains `max_bytes` of unacknowledged frames.
     Full,
 }
 

@@ -62,17 +62,17 @@ pub struct OtlpExportConfig {
     /// `/v1/logs` is used when the URL has no path. Empty disables export.
     /// Only plain `http://` is supported: send to a collector on this node.
     pub endpoint: String,
-    /// Most records in one request.
+    /// Maximum records in one request.
     pub batch_max_records: usize,
-    /// Longest time a record waits in the buffer before a request is sent
-    /// with fewer than `batch_max_records`, in milliseconds. Retries are
+    /// Maximum time in milliseconds a record waits in the buffer before a
+    /// request with fewer than `batch_max_records` is sent. Retries are
     /// also checked at this interval.
     pub flush_interval_ms: u64,
     /// Directory of the on-disk buffer; it survives restarts.
     pub buffer_dir: PathBuf,
-    /// Unacknowledged bytes the buffer holds at most; beyond it new records
+    /// Maximum unacknowledged bytes in the buffer. Beyond it, new records
     /// are dropped for export and counted. Disk use can exceed it by one
-    /// segment, an eighth of it at most.
+    /// segment: an eighth of it, at least 4 KiB and at most 4 MiB.
     pub buffer_max_bytes: u64,
     /// First wait after a failed request, in milliseconds; doubled after
     /// each further failure up to `retry_max_ms`.

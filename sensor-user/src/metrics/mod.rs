@@ -34,7 +34,7 @@ use crate::{
 
 pub use http::serve;
 
-/// How long an endpoint waits for the daemon loop before answering 503.
+/// How long an endpoint waits for the daemon loop before it returns 503.
 pub const LOOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -74,7 +74,7 @@ pub fn policy_reloaded(ok: bool) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What an HTTP request asks the daemon loop.
+/// The question an HTTP request passes to the daemon loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {
     Metrics,
