@@ -107,7 +107,9 @@ impl Buffer {
             // part of the limit.
             segment_bytes: (max_bytes / 8).clamp(4096, 4 << 20),
             segments: VecDeque::new(),
-            next_id: ids.last().map_or(1, |last| last + 1),
+            // Past the acknowledged segment too: a new segment numbered at
+            // or below it would be taken for acknowledged after a restart.
+            next_id: ids.last().copied().max(ack.map(|ack| ack.segment)).map_or(1, |last| last + 1),
             writer: None,
             ack: Position::default(),
             pending_frames: 0,
@@ -370,6 +372,29 @@ mod tests {
         assert_eq!(buffer.pending_frames(), 6);
         let (frames, _) = buffer.read_batch(100).unwrap();
         assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), (5..=10).collect::<Vec<_>>());
+        fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn new_segment_after_full_ack_survives_restart() {
+        let path = dir("renumber");
+        let mut buffer = Buffer::open(&path, 1 << 20).unwrap();
+        buffer.push(1, &line(1)).unwrap();
+        buffer.push(2, &line(2)).unwrap();
+        let (_, position) = buffer.read_batch(10).unwrap();
+        buffer.acknowledge(position, 2).unwrap();
+        drop(buffer);
+
+        let mut buffer = Buffer::open(&path, 1 << 20).unwrap();
+        assert_eq!(buffer.pending_frames(), 0);
+        buffer.push(3, &line(3)).unwrap();
+        buffer.flush().unwrap();
+        drop(buffer);
+
+        let mut buffer = Buffer::open(&path, 1 << 20).unwrap();
+        assert_eq!(buffer.pending_frames(), 1, "the unacknowledged frame was dropped at restart");
+        let (frames, _) = buffer.read_batch(10).unwrap();
+        assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [3]);
         fs::remove_dir_all(&path).unwrap();
     }
 
