@@ -26,6 +26,8 @@ pub struct Config {
     pub ingest: crate::ingest::IngestConfig,
     pub reconcile: crate::reconcile::ReconcileConfig,
     pub policy: crate::policy::PolicyConfig,
+    pub export: crate::export::ExportConfig,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -479,6 +481,8 @@ impl Config {
         );
         crate::ingest::validate(&self.ingest, &mut check);
         crate::reconcile::validate(&self.reconcile, &mut check);
+        crate::export::validate(&self.export, &mut check);
+        crate::metrics::validate(&self.metrics, &mut check);
         problems
     }
 }

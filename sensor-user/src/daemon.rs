@@ -38,7 +38,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut probes = Probes::start(&config.probes)?;
     let events = probes.events.take().context("the ring buffer was already taken")?;
     let boot_id = read_boot_id();
-    let host = Host { name: hostname(), boot_id: boot_id.clone() };
+    let host_name = hostname();
+    let host = Host { name: host_name.clone(), boot_id: boot_id.clone() };
     let stamper = Stamper::new(host, Clock::from_system());
     // Loaded before the sinks open, so a recovery record already carries
     // the policy's sha256.
@@ -48,8 +49,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::anyhow!("{error}: {problems}")
         })?;
     stamper.set_policy_sha256(policy.sha256());
+    let (export_queue, export_task) = match config.export.otlp.enabled() {
+        true => {
+            let export = crate::export::start(&config.export.otlp, &host_name).context("starting the OTLP export")?;
+            (Some(export.queue), Some(export.task))
+        }
+        false => (None, None),
+    };
     // Shares the stamper's sequence: it resumes the evidence chain's.
-    let sinks = Sinks::open(&config.output, &config.evidence, stamper.clone())?;
+    let sinks = Sinks::open_with_export(&config.output, &config.evidence, stamper.clone(), export_queue)?;
     let catalog = Catalog::new(&config.catalog)?;
     let fingerprint_key = load_or_create_key(&config.llm.fingerprint_key_path)?;
     let uprobes_loaded = !probes.report.degraded.iter().any(|d| probes::UPROBE_PROGRAMS.contains(&d.hook.as_str()));
@@ -117,6 +125,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hooked_at_start.extend(pipeline.uprobes.hook_library_dir(&mut probes.ebpf, dir));
     }
 
+    // Bound before `sensor.start`, so a client that sees that record can
+    // connect; the loop answers once it runs.
+    let (mut metrics_requests, metrics_problem) = match config.metrics.enabled {
+        true => match start_metrics(&config.metrics.listen).await {
+            Ok(requests) => (Some(requests), None),
+            Err(reason) => (None, Some(reason)),
+        },
+        false => (None, None),
+    };
+
     let now = Clock::boot_now_ns();
     let start = pipeline.stamper.head("sensor.start", now);
     pipeline.sinks.write(&Record {
@@ -132,6 +150,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "policy": { "path": config.policy.path, "sha256": pipeline.policy.sha256() },
             "identity": pipeline.identity.as_ref().map(Identity::summary),
             "ingest": ingest.as_ref().map(|i| json!({ "listen": i.listen })),
+            "metrics": metrics_requests.as_ref().map(|_| json!({ "listen": config.metrics.listen })),
+            "export": config.export.otlp.enabled().then(|| json!({ "endpoint": config.export.otlp.endpoint })),
         })),
         ..Record::new(start)
     })?;
@@ -149,6 +169,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for problem in &ingest_problems {
         log::warn!("degraded: ingest: {problem}");
         pipeline.emit_sensor("sensor.degraded", json!({ "hook": "ingest", "reason": problem.to_string() }))?;
+    }
+    if let Some(reason) = metrics_problem {
+        log::warn!("degraded: metrics: {reason}");
+        pipeline.emit_sensor("sensor.degraded", json!({ "hook": "metrics", "reason": reason }))?;
     }
     for key in &keys {
         pipeline.emit(*key, "process.snapshot", now, None, |_| {})?;
@@ -216,7 +240,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 while pipeline.drain(ring.get_mut(), &mut probes, BATCH)? == BATCH {}
                 pipeline.sinks.flush()?;
             }
-            _ = loss_timer.tick() => pipeline.report_losses(&probes)?,
+            _ = loss_timer.tick() => {
+                pipeline.report_losses(&probes)?;
+                crate::export::report_losses(&mut pipeline)?;
+            }
+            Some(request) = next_metrics_request(&mut metrics_requests) => {
+                crate::metrics::answer(request, &pipeline, &probes, ingest.as_ref());
+            }
             _ = flush_timer.tick() => pipeline.sinks.flush()?,
             _ = gc_timer.tick() => pipeline.collect_garbage()?,
             _ = evidence_timer.tick() => pipeline.sinks.tick()?,
@@ -239,6 +269,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Everything the kernel queued before the signal is still recorded.
     while pipeline.drain(ring.get_mut(), &mut probes, usize::MAX)? > 0 {}
     pipeline.report_losses(&probes)?;
+    crate::export::report_losses(&mut pipeline)?;
     while let Some(Ok(reports)) = ingest.as_mut().map(|i| i.reports.try_recv()) {
         pipeline.on_reports(reports);
     }
@@ -262,6 +293,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     pipeline.sinks.write(&Record { sensor: Some(stop), ..Record::new(head) })?;
     pipeline.sinks.close()?;
+    if let Some(task) = export_task {
+        // The task writes what is left in its channel to the buffer and
+        // makes one last attempt to send it.
+        let wait = Duration::from_millis(config.export.otlp.timeout_ms + 1000);
+        if tokio::time::timeout(wait, task).await.is_err() {
+            log::warn!("export: the export task did not finish within {wait:?}; unbuffered records are lost for export");
+        }
+    }
     log::info!("agent-sensor stopped on {reason}");
     Ok(())
 }
@@ -304,6 +343,24 @@ fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
 async fn next_reports(ingest: &mut Option<crate::ingest::Ingest>) -> Option<Vec<crate::reconcile::report::Report>> {
     match ingest {
         Some(ingest) => ingest.reports.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the metrics endpoint and starts serving it; requests reach the
+/// loop through the returned channel.
+async fn start_metrics(listen: &str) -> Result<crate::metrics::Requests, String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    let (sender, requests) = tokio::sync::mpsc::channel(16);
+    log::info!("metrics: serving /metrics, /healthz and /readyz on {listen}");
+    tokio::spawn(crate::metrics::serve(listener, sender));
+    Ok(requests)
+}
+
+/// Receives the next metrics request, or waits forever without the endpoint.
+async fn next_metrics_request(requests: &mut Option<crate::metrics::Requests>) -> Option<crate::metrics::Request> {
+    match requests {
+        Some(requests) => requests.recv().await,
         None => std::future::pending().await,
     }
 }

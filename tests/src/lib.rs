@@ -10,6 +10,7 @@
 
 pub mod container;
 pub mod llm_server;
+pub mod otlp_receiver;
 
 use std::{
     io::{BufRead, BufReader},

@@ -16,12 +16,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-struct Sensor {
+pub(crate) struct Sensor {
     child: Child,
 }
 
 impl Sensor {
-    fn start(binary: &Path, evidence: &Path, config: Option<&Path>) -> Result<Sensor> {
+    pub(crate) fn start(binary: &Path, evidence: &Path, config: Option<&Path>) -> Result<Sensor> {
         let mut command = Command::new(binary);
         command.args(["run", "--no-stdout", "--evidence"]).arg(evidence);
         if let Some(config) = config {
@@ -48,7 +48,7 @@ impl Sensor {
     }
 
     /// CPU seconds (user + system) and peak resident KiB so far.
-    fn usage(&self) -> (f64, u64) {
+    pub(crate) fn usage(&self) -> (f64, u64) {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
@@ -64,7 +64,16 @@ impl Sensor {
         (cpu, hwm)
     }
 
-    fn stop(mut self) -> Result<()> {
+    /// Resident KiB now (VmRSS) and at its peak (VmHWM).
+    pub(crate) fn resident(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    pub(crate) fn stop(mut self) -> Result<()> {
         // SAFETY: kill with a valid pid and signal number.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait().context("waiting for the sensor")?;

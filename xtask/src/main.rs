@@ -5,6 +5,7 @@
 //! what it installs.
 
 mod bench;
+mod bench_agent;
 mod setup;
 
 use std::{
@@ -54,6 +55,26 @@ enum Task {
         /// Configuration file for the sensor under test.
         #[arg(long)]
         sensor_config: Option<PathBuf>,
+        /// `storms` (exec and connect storms, the default) or `agent-load`
+        /// (LLM requests with a tool spawn after each, for `--secs`).
+        #[arg(long, default_value = "storms")]
+        scenario: String,
+        /// Steady window of the agent-load scenario, in seconds.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// LLM requests per second in the agent-load scenario.
+        #[arg(long, default_value_t = 75.0)]
+        rate: f64,
+    },
+    /// The agent of the agent-load bench (started by `bench`).
+    #[command(hide = true)]
+    AgentClient {
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        count: usize,
     },
 }
 
@@ -76,11 +97,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Test { args } => test(&args),
-        Task::Bench { rounds, execs, connects, sensor_config } => {
+        Task::Bench { rounds, execs, connects, sensor_config, scenario, secs, rate } => {
             require_root("cargo xtask bench")?;
             let binary = build()?;
-            bench::run(&binary, rounds, execs, connects, sensor_config.as_deref())
+            match scenario.as_str() {
+                "storms" => bench::run(&binary, rounds, execs, connects, sensor_config.as_deref()),
+                "agent-load" => bench_agent::run(&binary, secs, rate, sensor_config.as_deref()),
+                other => bail!("unknown --scenario {other:?}: use storms or agent-load"),
+            }
         }
+        Task::AgentClient { address, rate, count } => bench_agent::client(&address, rate, count),
     }
 }
 

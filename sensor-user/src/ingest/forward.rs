@@ -80,7 +80,7 @@ pub fn start(upstream: Upstream, config: &IngestConfig, stats: Arc<IngestStats>)
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ForwardError {
+pub(crate) enum ForwardError {
     #[error("connecting to the upstream {0} timed out")]
     ConnectTimeout(String),
     #[error("connecting to the upstream {0} failed: {1}")]
@@ -106,7 +106,9 @@ async fn connect(upstream: &Upstream, timeout: Duration) -> Result<SendRequest<F
     Ok(sender)
 }
 
-async fn forward_one(
+/// Sends one request and returns the upstream's status; the export stage
+/// uses it too.
+pub(crate) async fn forward_one(
     upstream: &Upstream,
     sender: &mut Option<SendRequest<Full<Bytes>>>,
     request: Forwarded,

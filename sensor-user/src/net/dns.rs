@@ -114,6 +114,10 @@ pub struct DnsCache {
 const MAX_NAMES: usize = 65536;
 
 impl DnsCache {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
     pub fn insert(&mut self, netns: u32, address: IpAddr, name: String, time_ns: u64) {
         let key = (netns, address);
         if self.names.len() >= MAX_NAMES && !self.names.contains_key(&key) {

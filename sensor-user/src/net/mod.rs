@@ -127,6 +127,10 @@ pub struct PendingConnects {
 const MAX_PENDING: usize = 16384;
 
 impl PendingConnects {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     pub fn insert(&mut self, connect_id: u64, pending: PendingConnect) -> Vec<PendingConnect> {
         let mut evicted = Vec::new();
         if self.by_id.len() >= MAX_PENDING {

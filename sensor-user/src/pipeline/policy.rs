@@ -165,6 +165,7 @@ impl Pipeline {
     /// result when there is one.
     pub fn reload_policy(&mut self, trigger: &'static str, force: bool) -> anyhow::Result<()> {
         let Some(section) = self.policy.reload(trigger, force) else { return Ok(()) };
+        crate::metrics::policy_reloaded(section["result"] == "loaded");
         self.stamper.set_policy_sha256(self.policy.sha256());
         self.emit_policy_reload(section)
     }

@@ -124,6 +124,11 @@ impl ProcessTable {
         self.by_key.len()
     }
 
+    /// Executable hashes cached, for metrics.
+    pub fn exe_cache_len(&self) -> usize {
+        self.exe.cached()
+    }
+
     /// Returns the key of the process with `pid` that started at `start_ns`
     /// (from a kernel record): the scanned process of that pid and tick when
     /// the table has no exact entry.

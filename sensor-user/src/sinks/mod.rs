@@ -104,13 +104,28 @@ pub struct Sinks {
     last_checkpoint: Instant,
     line: Vec<u8>,
     pub records_written: u64,
+    pub checkpoints_written: u64,
+    /// The export stage's channel (`[export.otlp]`), fed every sealed line.
+    export: Option<crate::export::ExportQueue>,
 }
 
 impl Sinks {
     /// Opens the sinks and resumes the evidence file's chain. `stamper`
     /// must share its sequence with the pipeline's; it is moved to the seq
     /// after the chain's last record.
+    #[cfg_attr(not(test), allow(dead_code, reason = "the daemon opens them with export; tests without"))]
     pub fn open(output: &OutputConfig, evidence: &EvidenceConfig, stamper: Stamper) -> Result<Sinks, SinkError> {
+        Self::open_with_export(output, evidence, stamper, None)
+    }
+
+    /// Like [`Sinks::open`], and hands every line written, from the first
+    /// on, to the export stage.
+    pub fn open_with_export(
+        output: &OutputConfig,
+        evidence: &EvidenceConfig,
+        stamper: Stamper,
+        export: Option<crate::export::ExportQueue>,
+    ) -> Result<Sinks, SinkError> {
         let signer = match evidence.signing_key() {
             Some(path) => {
                 let signer = Signer::load(path)?;
@@ -152,6 +167,8 @@ impl Sinks {
             last_checkpoint: Instant::now(),
             line: Vec::with_capacity(4096),
             records_written: 0,
+            checkpoints_written: 0,
+            export,
         };
         sinks.report_resume(&resume)?;
         Ok(sinks)
@@ -219,6 +236,9 @@ impl Sinks {
         if let Some(stdout) = &mut self.stdout {
             stdout.write_all(&self.line).map_err(|source| SinkError::Write { sink: "stdout", source })?;
         }
+        if let Some(export) = &mut self.export {
+            export.offer(seq, &self.line);
+        }
         self.prev_hash = hash;
         self.last_seq = Some(seq);
         self.records_written += 1;
@@ -240,6 +260,7 @@ impl Sinks {
         checkpoint::sign_record(line, signer);
         self.append_sealed()?;
         self.range_start = seq;
+        self.checkpoints_written += 1;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         if let (true, Some(file)) = (self.settings.fsync != FsyncPolicy::Never, &mut self.file) {
@@ -296,6 +317,16 @@ impl Sinks {
         Ok(())
     }
 
+    /// The export stage's channel, when export is on.
+    pub fn export(&self) -> Option<&crate::export::ExportQueue> {
+        self.export.as_ref()
+    }
+
+    /// The export stage's channel, when export is on.
+    pub fn export_mut(&mut self) -> Option<&mut crate::export::ExportQueue> {
+        self.export.as_mut()
+    }
+
     /// Simulates a crash for tests: buffered records are lost, nothing is
     /// closed cleanly, and the writer lock goes as it would with the process.
     #[cfg(test)]
@@ -308,6 +339,8 @@ impl Sinks {
     /// the evidence file to disk whatever `evidence.fsync` is set to.
     pub fn close(&mut self) -> Result<(), SinkError> {
         self.checkpoint(Reason::Shutdown)?;
+        // Closing the channel tells the export task to finish.
+        self.export = None;
         self.flush()?;
         if let Some(file) = &mut self.file {
             file.sync_all()?;

@@ -1,0 +1,88 @@
+//! The metrics endpoint of a running sensor: counters move when processes
+//! run, and the health and readiness endpoints answer.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use integration_tests::{require_sensor, Sensor};
+
+/// Sends a GET and returns the status code and body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the metrics endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reading the response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or_else(String::new, |(_, body)| body.to_owned());
+    (status, body)
+}
+
+/// Returns the value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn counters_move_and_probes_answer() {
+    require_sensor!();
+    let port = free_port();
+    let sensor = Sensor::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // The endpoint is bound before `sensor.start`; the loop answers once
+    // the start-up scans are done.
+    let mut first = get(port, "/metrics");
+    for _ in 0..5 {
+        if first.0 == 200 {
+            break;
+        }
+        first = get(port, "/metrics");
+    }
+    let (status, before) = first;
+    assert_eq!(status, 200, "{before}\nstderr:\n{}", sensor.stderr());
+    let execs_before = sample(&before, "agent_sensor_events_total{kind=\"exec\"}");
+    let written_before = sample(&before, "agent_sensor_records_written_total");
+
+    const SPAWNS: usize = 30;
+    for _ in 0..SPAWNS {
+        Command::new("true").status().expect("running true");
+    }
+    // The daemon drains the ring buffer within its drain interval.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, after) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    let execs_after = sample(&after, "agent_sensor_events_total{kind=\"exec\"}");
+    assert!(execs_after - execs_before >= SPAWNS as f64, "exec events went from {execs_before} to {execs_after}");
+    let written_after = sample(&after, "agent_sensor_records_written_total");
+    assert!(written_after - written_before >= 2.0 * SPAWNS as f64, "records written went from {written_before} to {written_after}");
+    assert!(sample(&after, "agent_sensor_table_entries{table=\"processes\"}") > 0.0);
+    assert!(sample(&after, "process_resident_memory_bytes") > 1e6);
+    assert!(sample(&after, "process_cpu_seconds_total") > 0.0);
+    assert_eq!(sample(&after, "agent_sensor_lost_total{stage=\"export\",kind=\"record\",reason=\"buffer_full\"}"), 0.0);
+    // Every sample line belongs to a family announced with TYPE.
+    for line in after.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(after.contains(&format!("# TYPE {name} ")), "{name} has no TYPE line");
+    }
+
+    let (status, body) = get(port, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(port, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hooks attached"), "{body}");
+    let (status, _) = get(port, "/other");
+    assert_eq!(status, 404);
+
+    let records = sensor.stop();
+    let stop = records.iter().find(|r| r["kind"] == "sensor.stop").expect("sensor.stop record");
+    assert!(stop["sensor"]["records_written"].as_f64().unwrap() >= written_after, "{stop}");
+}
