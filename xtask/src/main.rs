@@ -5,6 +5,7 @@
 //! what it installs.
 
 mod bench;
+mod deploy_tools;
 mod setup;
 
 use std::{
