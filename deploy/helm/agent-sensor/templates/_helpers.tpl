@@ -10,3 +10,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: agent-sensor
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+
+{{/* Object name: the release name when it already says agent-sensor. */}}
+{{- define "agent-sensor.fullname" -}}
+{{- if contains "agent-sensor" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-agent-sensor" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
