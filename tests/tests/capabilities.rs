@@ -317,3 +317,35 @@ fn config_in(state: &Path) -> String {
         state.join("fingerprint.key").display()
     )
 }
+
+#[test]
+fn non_root_without_dac_read_search() {
+    require_capsh!();
+    let scratch = TempDir::new("caps-nonroot-nodac");
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod scratch");
+    let binary = scratch.path().join("agent-sensor");
+    std::fs::copy(sensor_binary().expect("agent-sensor binary"), &binary).expect("copy agent-sensor");
+    let state = scratch.path().join("state");
+    std::fs::create_dir(&state).expect("create the state directory");
+    chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown the state directory to nobody");
+    // Without CAP_DAC_READ_SEARCH nobody cannot read the harness's config
+    // either, so it is placed where nobody can read it.
+    let config = state.join("config.toml");
+    std::fs::write(&config, config_in(&state)).expect("write the configuration");
+    chown(&config, Some(NOBODY), Some(NOBODY)).expect("chown the configuration");
+
+    let mut launcher = non_root_launcher(DOCUMENTED);
+    let script = format!("exec {} run --config {}", binary.display(), config.display());
+    *launcher.last_mut().expect("launcher ends with the script") = script;
+    // The harness appends `BINARY run --config ITS_FILE`; the script ignores
+    // those arguments and runs the copy on the readable configuration.
+    let sensor = Sensor::try_start_via(&launcher, "").unwrap_or_else(|error| panic!("{error}"));
+    let start = start_record(&sensor);
+    let degraded = start["sensor"]["hooks"]["degraded"].as_array().cloned().unwrap_or_default();
+    let exec_hook = degraded
+        .iter()
+        .find(|d| d["hook"] == "sched_process_exec:sched/sched_process_exec")
+        .unwrap_or_else(|| panic!("the exec tracepoint cannot attach without reading tracefs: {start}"));
+    let reason = exec_hook["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("CAP_DAC_READ_SEARCH"), "the reason names the capability: {reason}");
+}

@@ -24,6 +24,7 @@ pub struct Capability {
     pub name: &'static str,
 }
 
+pub const CAP_DAC_OVERRIDE: Capability = Capability { number: 1, name: "CAP_DAC_OVERRIDE" };
 pub const CAP_DAC_READ_SEARCH: Capability = Capability { number: 2, name: "CAP_DAC_READ_SEARCH" };
 pub const CAP_SYS_PTRACE: Capability = Capability { number: 19, name: "CAP_SYS_PTRACE" };
 pub const CAP_SYS_ADMIN: Capability = Capability { number: 21, name: "CAP_SYS_ADMIN" };
@@ -158,6 +159,21 @@ pub fn proc_denied_hint(error: &io::Error) -> String {
     } else {
         String::new()
     }
+}
+
+/// Returns the capability hint for a tracefs file a non-root sensor could
+/// not read, empty when the reason lies elsewhere. tracefs is mode 0700 and
+/// owned by root, so another uid needs CAP_DAC_READ_SEARCH to read it; aya
+/// then reports the attach failure as "tracefs not found".
+pub fn tracefs_hint(reason: &str) -> String {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let can_search = effective().is_none_or(|set| set.has(CAP_DAC_READ_SEARCH) || set.has(CAP_DAC_OVERRIDE));
+    let unreadable = reason.contains("tracefs not found") || reason.contains("Permission denied");
+    if root || can_search || !unreadable {
+        return String::new();
+    }
+    format!(" (tracefs is readable by root only: a sensor running as another user needs {})", CAP_DAC_READ_SEARCH.name)
 }
 
 /// Checks whether any error in the chain is an EPERM or EACCES from the

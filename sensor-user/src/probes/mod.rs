@@ -217,8 +217,9 @@ impl Probes {
             Err(error) => report.degraded.push(Degraded {
                 hook: "process.exit_group_dead".to_owned(),
                 reason: format!(
-                    "cannot read {}: {error}, so exits are reported when the thread-group leader exits",
-                    exit_format.display()
+                    "cannot read {}: {error}{}, so exits are reported when the thread-group leader exits",
+                    exit_format.display(),
+                    caps::tracefs_hint(&error.to_string())
                 ),
             }),
         }
@@ -260,6 +261,7 @@ impl Probes {
                 match attach(&mut ebpf, program, target) {
                     Ok(()) => report.attached.push(format!("{program}:{}", target.describe())),
                     Err(reason) => {
+                        let reason = format!("{reason}{}", caps::tracefs_hint(&reason));
                         log::warn!("hook {program} at {} is not running: {reason}", target.describe());
                         report.degraded.push(Degraded { hook: format!("{program}:{}", target.describe()), reason });
                     }
