@@ -229,3 +229,33 @@ fn validator_rejects_unknown_field() {
     let output = child.wait_with_output().expect("wait for kubernetes-validate");
     assert!(!output.status.success(), "a misspelt field is rejected");
 }
+
+/// Parses TOML text into JSON with Python's tomllib, for comparing two
+/// files regardless of comments and layout.
+fn toml_as_json(text: &str) -> Value {
+    let script = "import json, sys, tomllib\nprint(json.dumps(tomllib.loads(sys.stdin.read())))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write TOML to python3");
+    let output = child.wait_with_output().expect("wait for python3");
+    assert!(output.status.success(), "not TOML:\n{text}");
+    serde_json::from_slice(&output.stdout).expect("python3 printed JSON")
+}
+
+#[test]
+fn helm_config_matches_kustomize() {
+    let Some(helm) = require_tools("helm") else { return };
+    let Some(kubectl) = require_tools("kubectl") else { return };
+    let config_of = |rendered: &str| {
+        let objects = objects(rendered);
+        let map = objects.iter().find(|o| o["kind"] == "ConfigMap").expect("ConfigMap").clone();
+        toml_as_json(map["data"]["config.toml"].as_str().expect("config.toml"))
+    };
+    let from_helm = config_of(&render_helm(&helm));
+    let from_kustomize = config_of(&render_kustomize(&kubectl));
+    assert_eq!(from_helm, from_kustomize, "the chart's default configuration is the Kustomize one");
+}
