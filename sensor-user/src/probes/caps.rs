@@ -181,10 +181,10 @@ pub fn tracefs_hint(reason: &str) -> String {
 pub fn is_permission_error(error: &(dyn Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(cause) = current {
-        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
-            if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
-                return true;
-            }
+        if let Some(io_error) = cause.downcast_ref::<io::Error>()
+            && matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return true;
         }
         current = cause.source();
     }

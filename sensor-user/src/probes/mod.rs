@@ -270,10 +270,10 @@ impl Probes {
         }
         // Every hook refused for lack of a capability leaves a sensor that
         // records nothing, so that is an error rather than a degradation.
-        if report.attached.is_empty() {
-            if let Some(message) = caps::missing_for_bpf(effective) {
-                return Err(ProbeError::MissingCapability(message));
-            }
+        if report.attached.is_empty()
+            && let Some(message) = caps::missing_for_bpf(effective)
+        {
+            return Err(ProbeError::MissingCapability(message));
         }
         if let Some(error) = tracefs_error {
             let tracepoint_failed = report.degraded.iter().any(|d| d.reason.contains("attach"));
