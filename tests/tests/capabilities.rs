@@ -129,7 +129,12 @@ impl OtherUsersProcess {
             .spawn()
             .expect("start sleep as nobody with setpriv");
         // The scan must find sleep, not setpriv, at this pid.
-        std::thread::sleep(Duration::from_millis(300));
+        let comm = format!("/proc/{}/comm", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&comm).map(|name| name.trim() != "sleep").unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "setpriv did not exec sleep within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         OtherUsersProcess(child)
     }
 
