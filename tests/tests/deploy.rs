@@ -74,10 +74,19 @@ fn render_kustomize(kubectl: &Path) -> String {
 }
 
 fn render_helm(helm: &Path) -> String {
-    let scratch = std::env::temp_dir().join(format!("agent-sensor-helm-{}", std::process::id()));
+    render_helm_with(helm, &[])
+}
+
+/// Renders the chart with extra `helm template` arguments such as `--set`.
+fn render_helm_with(helm: &Path, extra: &[&str]) -> String {
+    // Tests render in parallel, so each run gets its own helm directories.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run_number = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = std::env::temp_dir().join(format!("agent-sensor-helm-{}-{run_number}", std::process::id()));
     let rendered = run(Command::new(helm)
         .args(["template", "agent-sensor"])
         .arg(workspace().join("deploy/helm/agent-sensor"))
+        .args(extra)
         // helm wants writable cache and config directories.
         .env("HELM_CACHE_HOME", scratch.join("cache"))
         .env("HELM_CONFIG_HOME", scratch.join("config"))
@@ -258,4 +267,28 @@ fn helm_config_matches_kustomize() {
     let from_helm = config_of(&render_helm(&helm));
     let from_kustomize = config_of(&render_kustomize(&kubectl));
     assert_eq!(from_helm, from_kustomize, "the chart's default configuration is the Kustomize one");
+}
+
+#[test]
+fn helm_export_values_render() {
+    let Some(helm) = require_tools("helm") else { return };
+    let endpoint = "http://$(HOST_IP):4318/v1/logs";
+    let rendered = render_helm_with(&helm, &[
+        "--set",
+        &format!("otlpExport.endpoint={endpoint}"),
+        "--set",
+        "extraEnv[0].name=AGENT_SENSOR__OUTPUT__FLUSH_INTERVAL_MS",
+        "--set-string",
+        "extraEnv[0].value=500",
+    ]);
+    validate(&rendered);
+    let objects = objects(&rendered);
+    let daemonset = objects.iter().find(|o| o["kind"] == "DaemonSet").expect("DaemonSet");
+    let env = daemonset["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env").clone();
+    let value_of = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    assert_eq!(value_of("AGENT_SENSOR__EXPORT__OTLP__ENDPOINT"), Some(Value::from(endpoint)), "{env:?}");
+    assert_eq!(value_of("AGENT_SENSOR__OUTPUT__FLUSH_INTERVAL_MS"), Some(Value::from("500")), "{env:?}");
+    // Without the value the variable is absent, so export stays disabled.
+    let plain = render_helm(&helm);
+    assert!(!plain.contains("AGENT_SENSOR__EXPORT__OTLP__ENDPOINT"), "no export variable by default");
 }
