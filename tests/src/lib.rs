@@ -127,10 +127,11 @@ impl Sensor {
         Self::try_start_via(&[], extra_config)
     }
 
-    /// Like [`Sensor::try_start`], but runs the daemon through `launcher`:
-    /// a program and its arguments that end by executing the argument
-    /// vector appended to them (the daemon's path, `run --config FILE`),
-    /// such as a `capsh` wrapper. An empty launcher runs the daemon itself.
+    /// Like [`Sensor::try_start`], but runs the daemon through `launcher`,
+    /// such as a `capsh` wrapper. The launcher is a program and its
+    /// arguments that end by executing the argument vector appended to them
+    /// (the daemon's path, `run --config FILE`). An empty launcher runs the
+    /// daemon itself.
     pub fn try_start_via(launcher: &[String], extra_config: &str) -> Result<Sensor, String> {
         let dir = TempDir::new("sensor");
         let evidence = dir.path().join("evidence.jsonl");

@@ -413,8 +413,8 @@ fn syscall_numbers() -> SyscallNumbers {
 }
 
 fn load_hint(error: &aya::EbpfError) -> String {
-    let refused = caps::is_permission_error(error) || error_chain(error).contains("Operation not permitted");
-    if let Some(message) = caps::missing_for_bpf(caps::effective()).filter(|_| refused) {
+    let denied = caps::is_permission_error(error) || error_chain(error).contains("Operation not permitted");
+    if let Some(message) = caps::missing_for_bpf(caps::effective()).filter(|_| denied) {
         return format!(" ({message})");
     }
     // SAFETY: geteuid has no preconditions.
