@@ -9,6 +9,10 @@ use std::{fmt, path::{Path, PathBuf}};
 
 use serde::{Deserialize, Serialize};
 
+pub mod env;
+#[cfg(test)]
+mod reference;
+
 /// Largest argv copy the kernel programs support.
 pub const ARGV_MAX_BYTES_LIMIT: u32 = sensor_common::ARGV_CAPACITY as u32 - 1;
 
@@ -525,7 +529,7 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
 
 /// Finds the line of `key` inside `[section]`, for messages about values
 /// that parsed but are out of range.
-fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+pub(crate) fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();

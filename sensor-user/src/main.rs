@@ -35,6 +35,7 @@ enum Command {
     /// Load the kernel programs and stream evidence records (the default).
     Run {
         /// Configuration file (TOML); built-in defaults when absent.
+        /// AGENT_SENSOR__SECTION__KEY environment variables override its keys.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Evidence file path, overriding `output.evidence_path`.
@@ -56,7 +57,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate a configuration file and print every problem found.
+    /// Validate a configuration file, with the AGENT_SENSOR__SECTION__KEY
+    /// environment overrides applied, and print every problem found.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
@@ -142,6 +144,14 @@ fn print_policy_error(error: &policy::PolicyError) {
     }
 }
 
+/// Collects the `AGENT_SENSOR__SECTION__KEY` variables of this process.
+fn env_overrides() -> Result<Vec<config::env::Override>, String> {
+    config::env::overrides_from(std::env::vars_os()).map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        format!("invalid configuration override in the environment: {}", text.join("; "))
+    })
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().filter_or("AGENT_SENSOR_LOG", "info"))
         .target(env_logger::Target::Stderr)
@@ -163,16 +173,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::CheckConfig { file } => match config::Config::load(&file) {
-            Ok(_) => {
-                println!("{}: valid", file.display());
-                ExitCode::SUCCESS
+        Command::CheckConfig { file } => {
+            let loaded = env_overrides().and_then(|overrides| {
+                config::env::load(Some(&file), &overrides).map(|_| overrides).map_err(|error| error.to_string())
+            });
+            match loaded {
+                Ok(overrides) if overrides.is_empty() => {
+                    println!("{}: valid", file.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(overrides) => {
+                    let names: Vec<&str> = overrides.iter().map(|o| o.variable.as_str()).collect();
+                    println!("{}: valid with environment overrides {}", file.display(), names.join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(2)
+                }
             }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::CheckPolicy { file } => match policy::load(&file) {
             Ok(loaded) => {
                 println!(
@@ -223,8 +243,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, evidence, no_stdout, policy } => {
-            let mut config = match config.map(|path| config::Config::load(&path)).transpose() {
-                Ok(config) => config.unwrap_or_default(),
+            let loaded = env_overrides()
+                .and_then(|overrides| config::env::load(config.as_deref(), &overrides).map_err(|error| error.to_string()));
+            let mut config = match loaded {
+                Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
                     return ExitCode::from(2);

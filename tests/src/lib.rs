@@ -125,6 +125,15 @@ impl Sensor {
     }
 
     pub fn try_start(extra_config: &str) -> Result<Sensor, String> {
+        Self::try_start_via(&[], extra_config)
+    }
+
+    /// Like [`Sensor::try_start`], but runs the daemon through `launcher`,
+    /// such as a `capsh` wrapper. The launcher is a program and its
+    /// arguments that end by executing the argument vector appended to them
+    /// (the daemon's path, `run --config FILE`). An empty launcher runs the
+    /// daemon itself.
+    pub fn try_start_via(launcher: &[String], extra_config: &str) -> Result<Sensor, String> {
         let dir = TempDir::new("sensor");
         let evidence = dir.path().join("evidence.jsonl");
         let config_path = dir.path().join("config.toml");
@@ -135,7 +144,15 @@ impl Sensor {
         };
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let binary = sensor_binary().ok_or("agent-sensor binary not found")?;
-        let mut child = Command::new(binary)
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("AGENT_SENSOR_LOG", "info")

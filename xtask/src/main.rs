@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_agent;
+mod deploy_tools;
 mod setup;
 
 use std::{

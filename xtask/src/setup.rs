@@ -23,7 +23,8 @@ pub fn ensure() -> Result<()> {
     ensure_llvm()?;
     ensure_bpf_linker()?;
     ensure_python_packages()?;
-    ensure_container_packages()
+    ensure_container_packages()?;
+    crate::deploy_tools::ensure()
 }
 
 /// PATH with LLVM 22's tools first, as bpf-linker's build expects.

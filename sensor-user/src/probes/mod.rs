@@ -9,6 +9,7 @@
 //! daemon loop.
 
 pub mod btf;
+pub mod caps;
 pub mod decode;
 pub mod mounts;
 pub mod offsets;
@@ -44,10 +45,12 @@ pub enum ProbeError {
     Offsets(#[from] offsets::TaskOffsetsMissing),
     #[error("the kernel refused to load the eBPF programs{hint}")]
     Load {
-        hint: &'static str,
+        hint: String,
         #[source]
         source: aya::EbpfError,
     },
+    #[error("no hook could be loaded: {0}")]
+    MissingCapability(String),
     #[error("eBPF map {name} is missing from the object or has the wrong type")]
     Map {
         name: &'static str,
@@ -167,6 +170,11 @@ impl Probes {
             return Err(ProbeError::ObjectMissing);
         }
         let mut report = StartReport::default();
+        let effective = caps::effective();
+        if let Some(set) = effective {
+            log::info!("effective capabilities: {set}");
+            report.degraded.extend(caps::start_report(set));
+        }
         raise_memlock_limit();
         // aya finds a tracefs mounted elsewhere by itself, so a failed mount
         // is reported only if tracepoints then fail to attach.
@@ -177,14 +185,18 @@ impl Probes {
             }
             Ok(None) => None,
             Err(error) => {
-                log::warn!("{}", error_chain(&error));
-                Some(error_chain(&error))
+                let message = format!("{}{}", error_chain(&error), caps::mount_hint(&error, &config.tracefs_path));
+                log::warn!("{message}");
+                Some(message)
             }
         };
         match mounts::ensure_bpffs(&config.bpffs_path) {
             Ok(Some(note)) => report.mounted.push(note),
             Ok(None) => {}
-            Err(error) => report.degraded.push(Degraded { hook: "bpffs".to_owned(), reason: error.to_string() }),
+            Err(error) => report.degraded.push(Degraded {
+                hook: "bpffs".to_owned(),
+                reason: format!("{}{}", error_chain(&error), caps::mount_hint(&error, &config.bpffs_path)),
+            }),
         }
 
         let btf = btf::Btf::from_file(&config.btf_path)
@@ -205,8 +217,9 @@ impl Probes {
             Err(error) => report.degraded.push(Degraded {
                 hook: "process.exit_group_dead".to_owned(),
                 reason: format!(
-                    "cannot read {}: {error}, so exits are reported when the thread-group leader exits",
-                    exit_format.display()
+                    "cannot read {}: {error}{}, so exits are reported when the thread-group leader exits",
+                    exit_format.display(),
+                    caps::tracefs_hint(&error.to_string())
                 ),
             }),
         }
@@ -226,7 +239,7 @@ impl Probes {
             .override_global("CONFIG", &program_config, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
-            .map_err(|source| ProbeError::Load { hint: load_hint(), source })?;
+            .map_err(|source| ProbeError::Load { hint: load_hint(&source), source })?;
 
         for unknown in config.disabled_hooks.iter().filter(|name| !HOOKS.iter().any(|(p, _)| p == name)) {
             log::warn!("probes.disabled_hooks names {unknown}, which is not a hook of this sensor");
@@ -248,11 +261,19 @@ impl Probes {
                 match attach(&mut ebpf, program, target) {
                     Ok(()) => report.attached.push(format!("{program}:{}", target.describe())),
                     Err(reason) => {
+                        let reason = format!("{reason}{}", caps::tracefs_hint(&reason));
                         log::warn!("hook {program} at {} is not running: {reason}", target.describe());
                         report.degraded.push(Degraded { hook: format!("{program}:{}", target.describe()), reason });
                     }
                 }
             }
+        }
+        // Every hook refused for lack of a capability leaves a sensor that
+        // records nothing, so that is an error rather than a degradation.
+        if report.attached.is_empty()
+            && let Some(message) = caps::missing_for_bpf(effective)
+        {
+            return Err(ProbeError::MissingCapability(message));
         }
         if let Some(error) = tracefs_error {
             let tracepoint_failed = report.degraded.iter().any(|d| d.reason.contains("attach"));
@@ -391,12 +412,16 @@ fn syscall_numbers() -> SyscallNumbers {
     numbers
 }
 
-fn load_hint() -> &'static str {
+fn load_hint(error: &aya::EbpfError) -> String {
+    let denied = caps::is_permission_error(error) || error_chain(error).contains("Operation not permitted");
+    if let Some(message) = caps::missing_for_bpf(caps::effective()).filter(|_| denied) {
+        return format!(" ({message})");
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        " (run as root, or grant CAP_BPF and CAP_PERFMON)"
+        " (run as root, or grant CAP_BPF and CAP_PERFMON)".to_owned()
     } else {
-        ""
+        String::new()
     }
 }
 

@@ -181,12 +181,15 @@ impl ExeResolver {
                 let path = path.map(|p| p.to_string_lossy().into_owned());
                 self.finish(file, &meta, path)
             }
-            Err(error) => ExeInfo {
-                path: path.map(|p| p.to_string_lossy().into_owned()),
-                path_unknown: path.is_none().then(|| format!("cannot read {}: {error}", link.display())),
-                sha256: None,
-                sha256_unknown: Some(format!("cannot open {}: {error}", link.display())),
-            },
+            Err(error) => {
+                let hint = crate::probes::caps::proc_denied_hint(&error);
+                ExeInfo {
+                    path: path.map(|p| p.to_string_lossy().into_owned()),
+                    path_unknown: path.is_none().then(|| format!("cannot read {}: {error}{hint}", link.display())),
+                    sha256: None,
+                    sha256_unknown: Some(format!("cannot open {}: {error}{hint}", link.display())),
+                }
+            }
         }
     }
 
