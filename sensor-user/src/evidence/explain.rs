@@ -84,6 +84,7 @@ impl Evidence {
         Ok(Evidence { records: by_seq.into_values().collect(), skipped_lines })
     }
 
+    #[cfg(test)]
     pub fn from_records(mut records: Vec<Value>) -> Evidence {
         records.sort_by_key(|r| r["seq"].as_u64());
         Evidence { records, skipped_lines: 0 }
@@ -202,8 +203,10 @@ pub fn explain(evidence: &Evidence, id: &str) -> Result<Value, ExplainError> {
             related_ids.insert(id.to_owned());
         }
     }
-    if let Some(exec) = exec_id(target) {
-        related_execs.insert(exec.to_owned());
+    for record in [Some(target), detected].into_iter().flatten() {
+        if let Some(exec) = exec_id(record) {
+            related_execs.insert(exec.to_owned());
+        }
     }
 
     // Findings about any record above: named as its cause, or about one of
@@ -331,6 +334,12 @@ fn write_node(out: &mut String, indent: &str, label: &str, record: &Value) {
     }
 }
 
+/// True for a read-only open that failed: the dynamic loader's and
+/// shells' path searches, which would bury the tool's real work.
+fn is_failed_read(record: &Value) -> bool {
+    record["kind"] == "file.open" && record["file"]["access"] == "read" && record["file"]["result"] != "ok"
+}
+
 /// Renders the explanation as an indented tree.
 pub fn human(explanation: &Value) -> String {
     let mut out = String::new();
@@ -363,9 +372,20 @@ pub fn human(explanation: &Value) -> String {
     if spawn.is_object() {
         let label = if spawn["seq"] == target["seq"] { "tool    * " } else { "tool      " };
         write_node(&mut out, "  ", label, spawn);
+        let mut failed_reads = 0;
         for record in explanation["after"].as_array().into_iter().flatten() {
+            if is_failed_read(record) && record["seq"] != target["seq"] {
+                failed_reads += 1;
+                continue;
+            }
             let label = if record["seq"] == target["seq"] { "* " } else { "- " };
             write_node(&mut out, "      ", label, record);
+        }
+        if failed_reads > 0 {
+            let _ = writeln!(
+                out,
+                "      ({failed_reads} failed read-only opens not shown, such as library lookups; --json lists them)"
+            );
         }
     } else {
         let _ = writeln!(out, "  (no tool spawn: the record is not in the process tree of an agent's tool)");

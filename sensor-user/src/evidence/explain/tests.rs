@@ -63,10 +63,12 @@ fn story() -> Vec<Value> {
         }))),
         record(7, "process.exec", child.clone(), with_agent(json!({}))),
         record(8, "file.open", child.clone(), with_agent(json!({ "file": { "path": "/etc/hosts", "access": "read", "result": "ok" } }))),
+        record(14, "file.open", child.clone(), with_agent(json!({ "file": { "path": "/lib/x86_64/libc.so.6", "access": "read", "result": "ENOENT" } }))),
         record(9, "finding.policy_violation", tool.clone(), with_agent(json!({
             "finding": { "severity": "high", "title": "tool not allowed", "cause": { "record_id": "18a3b0c4d5e6f708-00000005", "seq": 5, "kind": "tool.spawn" } },
             "policy": { "entry": "support-bot", "verdict": "alert", "checks": [] },
         }))),
+        record(13, "finding.shadow_agent", agent_process.clone(), with_agent(json!({ "finding": { "severity": "high", "title": "unregistered AI agent" } }))),
         record(10, "net.connect", other, json!({ "network": { "destination": { "address": "127.0.0.3", "port": 22 }, "result": "ok" } })),
         record(11, "llm.request", agent_process.clone(), with_agent(json!({ "llm": { "method": "POST", "model": "gpt-4o-mini" } }))),
         record(12, "agent.session_end", agent_process, with_agent(json!({ "session": { "tool_spawns": 1 } }))),
@@ -88,8 +90,8 @@ fn spawn_explained_by_seq() {
     assert_eq!(explanation["session"]["ended"]["seq"], 12);
     assert_eq!(explanation["llm_before"]["request"]["seq"], 2, "the request before the reply, not the later one");
     assert_eq!(explanation["llm_before"]["response"]["seq"], 4);
-    assert_eq!(seqs(&explanation["after"]), [6, 7, 8], "the tool's connect, its child's exec and file open");
-    assert_eq!(seqs(&explanation["findings"]), [9]);
+    assert_eq!(seqs(&explanation["after"]), [6, 7, 8, 14], "the tool's connect, its child's exec and file opens");
+    assert_eq!(seqs(&explanation["findings"]), [9, 13], "the finding the spawn caused, and the one about the agent");
     assert_eq!(explanation["tool_spawn"]["policy"]["checks"][0]["result"], "fail");
 }
 
@@ -99,7 +101,7 @@ fn same_story_by_id_and_exec_id() {
     for id in ["18a3b0c4d5e6f708-00000005", "E200"] {
         let explanation = explain(&evidence, id).unwrap();
         assert_eq!(explanation["target"]["seq"], 5, "{id}");
-        assert_eq!(seqs(&explanation["after"]), [6, 7, 8], "{id}");
+        assert_eq!(seqs(&explanation["after"]), [6, 7, 8, 14], "{id}");
     }
 }
 
@@ -137,7 +139,7 @@ fn unknown_id_is_an_error() {
 fn tree_shows_chain_and_checks() {
     let evidence = Evidence::from_records(story());
     let text = human(&explain(&evidence, "5").unwrap());
-    let order = ["agent agent-1 session session-1", "seq 1 ", "llm call  seq 2", "reply     seq 4", "tool    * seq 5", "check support-bot/tools fail: no allowed tool matches /usr/bin/curl", "- seq 6", "check support-bot/egress pass", "- seq 8", "/etc/hosts read", "finding   seq 9", "ended     seq 12"];
+    let order = ["agent agent-1 session session-1", "seq 1 ", "llm call  seq 2", "reply     seq 4", "tool    * seq 5", "check support-bot/tools fail: no allowed tool matches /usr/bin/curl", "- seq 6", "check support-bot/egress pass", "- seq 8", "/etc/hosts read", "1 failed read-only opens not shown", "finding   seq 9", "finding   seq 13", "ended     seq 12"];
     let mut from = 0;
     for part in order {
         let at = text[from..].find(part).unwrap_or_else(|| panic!("{part:?} missing or out of order in:\n{text}"));
@@ -153,12 +155,13 @@ fn files_read_in_any_order() {
     let first = dir.join("evidence-20261204T100000Z-00000000000000000000.jsonl");
     let active = dir.join("evidence.jsonl");
     std::fs::write(&first, lines[..6].join("\n") + "\n").unwrap();
+    // The parts are split by position, not seq, so records also come out of order.
     // A torn last line, as a crash leaves it.
     std::fs::write(&active, lines[6..].join("\n") + "\n{\"schema\":\"agent-sen").unwrap();
     let evidence = Evidence::read(&[active.clone(), first.clone()]).unwrap();
-    assert_eq!(evidence.len(), 13);
+    assert_eq!(evidence.len(), 15);
     assert_eq!(evidence.skipped_lines, 1);
-    assert_eq!(seqs(&explain(&evidence, "5").unwrap()["after"]), [6, 7, 8]);
+    assert_eq!(seqs(&explain(&evidence, "5").unwrap()["after"]), [6, 7, 8, 14]);
     let found = files_of(&active).unwrap();
     assert_eq!(found, [first.clone(), active.clone()]);
 

@@ -326,3 +326,33 @@ fn validator_rejects_bad_event() {
     assert!(report.contains("not_an_ocsf_member"), "{report}");
     assert!(report.contains("/process/pid"), "{report}");
 }
+
+/// Prints the cost of rendering a process record as OCSF next to the cost
+/// of serialising it natively; run with `--ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn render_cost() {
+    let record = sample_records().remove(2);
+    let native = serde_json::to_vec(&record).unwrap();
+    let rounds = 50_000;
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        out.clear();
+        serde_json::to_writer(&mut out, &record).unwrap();
+    }
+    let serialise = start.elapsed();
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        out.clear();
+        render(&native, &mut out).unwrap();
+    }
+    let ocsf = start.elapsed();
+    println!(
+        "native serialisation {:.2} us, OCSF render {:.2} us per record ({} -> {} bytes)",
+        serialise.as_secs_f64() * 1e6 / f64::from(rounds),
+        ocsf.as_secs_f64() * 1e6 / f64::from(rounds),
+        native.len(),
+        out.len()
+    );
+}
