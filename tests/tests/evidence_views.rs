@@ -3,10 +3,10 @@
 //! `agent-sensor verify`, and `agent-sensor explain` of a tool spawn.
 //!
 //! Both run the same agent: the `openai` Python client asks the local LLM
-//! server, which answers with a `run_shell` call of `ls`. A directory put
-//! first on the client's PATH holds an `ls` of the test's own, a bash
-//! script that writes a file and connects to a loopback listener, so one
-//! tool spawn leads to a file open and a connect by the agent's tree. The
+//! server, which replies with a `run_shell` call of `ls`. A directory put
+//! first on the client's PATH contains the test's own `ls`, a bash script
+//! that writes a file and connects to a loopback listener, so one tool
+//! spawn leads to a file open and a connect by the agent's tree. The
 //! client is an unregistered agent, so a shadow-agent finding follows.
 
 use std::{

@@ -1,8 +1,8 @@
 //! `agent-sensor explain ID`: the chain of records around one record.
 //!
-//! Takes native evidence files (rotated parts in any order; records are put
-//! back in `seq` order) and an id: a record's `seq`, its `id`, or a
-//! process's `exec_id`. Produces the record's agent session (`agent.detected`
+//! Takes native evidence files, rotated parts in any order, and an id: a
+//! record's `seq`, its `id`, or a process's `exec_id`. Records are put back
+//! in `seq` order. Produces the record's agent session (`agent.detected`
 //! and `agent.session_end`), the LLM exchange before it in that session, the
 //! tool spawn it belongs to, what that tool and its descendants did after
 //! the spawn (execs, connects, TLS, file operations, LLM calls, exits), the
@@ -141,8 +141,8 @@ fn is_action(kind: &str) -> bool {
         || kind.starts_with("llm.")
 }
 
-/// Builds the explanation of the record that `id` names, as JSON: each
-/// member holds whole records, so nothing the evidence says is lost.
+/// Builds the explanation of the record that `id` names, as JSON. Each
+/// member contains whole records, so nothing the evidence says is lost.
 pub fn explain(evidence: &Evidence, id: &str) -> Result<Value, ExplainError> {
     let records = &evidence.records;
     let index = evidence
@@ -242,7 +242,7 @@ pub fn explain(evidence: &Evidence, id: &str) -> Result<Value, ExplainError> {
     }))
 }
 
-/// One line about a record: seq, time, kind, process and what it is about.
+/// Describes a record in one line: seq, time, kind, process and what it is about.
 fn describe(record: &Value) -> String {
     let mut line = format!(
         "seq {} {} {}",
@@ -345,6 +345,7 @@ pub fn human(explanation: &Value) -> String {
     let mut out = String::new();
     let target = &explanation["target"];
     let _ = writeln!(out, "explain {}: {}", explanation["id"].as_str().unwrap_or("?"), describe(target));
+
     let session = &explanation["session"];
     match session["session_id"].as_str() {
         Some(id) => {
@@ -357,6 +358,7 @@ pub fn human(explanation: &Value) -> String {
     if session["detected"].is_object() {
         write_node(&mut out, "  ", "detected  ", &session["detected"]);
     }
+
     let llm = &explanation["llm_before"];
     if llm["request"].is_object() {
         write_node(&mut out, "  ", "llm call  ", &llm["request"]);
@@ -367,7 +369,8 @@ pub fn human(explanation: &Value) -> String {
     if session["session_id"].is_string() && !llm["request"].is_object() && !llm["response"].is_object() {
         let _ = writeln!(out, "  (no LLM call recorded before it in this session)");
     }
-    // `*` marks the record that was asked about.
+
+    // `*` marks the requested record.
     let spawn = &explanation["tool_spawn"];
     if spawn.is_object() {
         let label = if spawn["seq"] == target["seq"] { "tool    * " } else { "tool      " };
@@ -391,6 +394,7 @@ pub fn human(explanation: &Value) -> String {
         let _ = writeln!(out, "  (no tool spawn: the record is not in the process tree of an agent's tool)");
         write_node(&mut out, "  ", "record  * ", target);
     }
+
     for finding in explanation["findings"].as_array().into_iter().flatten() {
         write_node(&mut out, "  ", "finding   ", finding);
     }

@@ -11,9 +11,9 @@
 //! daemon's timer, before each rotation and at shutdown.
 //!
 //! Each sink writes `native` records or OCSF events (`ocsf.rs`), chosen per
-//! sink. Sinks of one format share one chain; when standard output and the
-//! file differ, each has a chain of its own, with the same seq numbers and
-//! checkpoints signed over its own lines, so either verifies on its own.
+//! sink. Sinks of one format share one chain. When standard output and the
+//! file differ, each has a chain of its own with the same seq numbers and
+//! its own signed checkpoints, so either verifies alone.
 
 pub mod file;
 pub mod ocsf;

@@ -78,7 +78,7 @@ pub fn render(native: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error>
 }
 
 /// Maps a native record to the OCSF event's members and its `unmapped`
-/// object. `unmapped` always holds at least the native `schema`.
+/// object. `unmapped` always contains at least the native `schema`.
 pub fn map(record: &Value) -> (Map<String, Value>, Map<String, Value>) {
     let mut rest = record.as_object().cloned().unwrap_or_default();
     for member in HEAD_MEMBERS {
@@ -263,12 +263,14 @@ const PROCESS_MAPPED: &[&str] = &["pid", "ppid", "exec_id", "parent_exec_id", "e
 fn process(record: &Value) -> Option<Value> {
     let native = record.get("process")?;
     let mut process = Map::new();
+
     if let Some(pid) = native["pid"].as_u64() {
         process.insert("pid".into(), json!(pid));
     }
     if let Some(exec_id) = native["exec_id"].as_str() {
         process.insert("uid".into(), json!(exec_id));
     }
+
     let exe = native["exe"].as_str();
     let name = exe.map(file_name).or(native["exe_name"].as_str()).or(native["comm"].as_str());
     if let Some(name) = name {
@@ -285,6 +287,7 @@ fn process(record: &Value) -> Option<Value> {
         }
         process.insert("file".into(), file);
     }
+
     if let Some(tid) = native["thread"]["tid"].as_u64() {
         process.insert("tid".into(), json!(tid));
     }
@@ -298,6 +301,7 @@ fn process(record: &Value) -> Option<Value> {
         }
         process.insert("user".into(), user);
     }
+
     if let Some(ancestry) = native["ancestry"].as_array() {
         let entities: Vec<Value> = ancestry.iter().filter_map(Value::as_str).map(|uid| json!({ "uid": uid })).collect();
         if !entities.is_empty() {
@@ -348,7 +352,7 @@ fn strip_process(event: &mut Event, record: &Value) {
 
 fn process_activity(event: &mut Event, record: &Value, kind: &str) {
     let process = process(record).unwrap_or_else(|| json!({ "pid": 0 }));
-    // The actor of a launch is the parent that made it; an exit or a
+    // The actor of a launch is the parent that made it. An exit or a
     // process found running has no other actor than itself.
     let actor = match (kind, process.get("parent_process")) {
         ("process.exec" | "process.fork" | "tool.spawn", Some(parent)) => parent.clone(),
@@ -416,8 +420,8 @@ fn network_activity(event: &mut Event, record: &Value) {
     let mut native = record["network"].as_object().cloned().unwrap_or_default();
     let host = record["tls"]["sni"].as_str().or(record["dns_name"].as_str());
     let destination = native.remove("destination").unwrap_or(Value::Null);
-    // The schema needs a source or a destination; a socket that could not
-    // be read has neither, so the device stands in as the source.
+    // The schema requires a source or a destination. A socket that could
+    // not be read has neither, so the host is named as the source.
     match endpoint(&destination, host) {
         Some(endpoint) => event.set("dst_endpoint", endpoint),
         None => {

@@ -37,7 +37,7 @@ fn process(pid: u32, exec_id: &str, ancestry: &[&str], argv: &[&str]) -> Value {
     json!({ "pid": pid, "exec_id": exec_id, "ancestry": ancestry, "exe": format!("/usr/bin/{}", argv[0]), "argv": argv })
 }
 
-/// An agent (pid 100) asks an LLM, runs a tool (pid 200) that connects,
+/// An agent (pid 100) calls an LLM, runs a tool (pid 200) that connects,
 /// whose child (pid 201) opens a file; the policy fails the tool, and a
 /// finding names the spawn as its cause. Unrelated records sit between.
 fn story() -> Vec<Value> {

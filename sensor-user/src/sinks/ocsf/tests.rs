@@ -59,8 +59,8 @@ fn failing_tools_policy() -> Value {
     })
 }
 
-/// One record of each kind the mapping distinguishes, the policy fields
-/// included where the policy stage adds them.
+/// Builds one record of each kind the mapping distinguishes, with the
+/// policy fields where the policy stage adds them.
 fn sample_records() -> Vec<Value> {
     let process = process_section();
     vec![
