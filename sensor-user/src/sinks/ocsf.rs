@@ -39,6 +39,8 @@ const DETECTION_FINDING: Class =
     Class { uid: 2004, name: "Detection Finding", category_uid: 2, category_name: "Findings" };
 const NETWORK_ACTIVITY: Class =
     Class { uid: 4001, name: "Network Activity", category_uid: 4, category_name: "Network Activity" };
+const DNS_ACTIVITY: Class =
+    Class { uid: 4003, name: "DNS Activity", category_uid: 4, category_name: "Network Activity" };
 const HTTP_ACTIVITY: Class =
     Class { uid: 4002, name: "HTTP Activity", category_uid: 4, category_name: "Network Activity" };
 const BASE_EVENT: Class = Class { uid: 0, name: "Base Event", category_uid: 0, category_name: "Uncategorized" };
@@ -113,6 +115,7 @@ pub fn map(record: &Value) -> (Map<String, Value>, Map<String, Value>) {
         1001 => file_activity(&mut event, record),
         4001 => network_activity(&mut event, record),
         4002 => http_activity(&mut event, record),
+        4003 => dns_activity(&mut event, record),
         2004 => detection_finding(&mut event, record),
         1008 => {
             event.set("log_name", json!("agent-sensor evidence"));
@@ -154,6 +157,7 @@ fn classify(kind: &str, record: &Value) -> (Class, u32, String) {
             }
         }
         "tls.hello" => named(NETWORK_ACTIVITY, 6, "Traffic"),
+        "net.dns" => named(DNS_ACTIVITY, 2, "Response"),
         "file.open" => named(FILE_ACTIVITY, 14, "Open"),
         "file.unlink" => named(FILE_ACTIVITY, 4, "Delete"),
         "file.rename" => named(FILE_ACTIVITY, 5, "Rename"),
@@ -472,6 +476,44 @@ fn http_activity(event: &mut Event, record: &Value) {
     if let Some(endpoint) = endpoint(&connection["destination"], host) {
         event.set("dst_endpoint", endpoint);
     }
+}
+
+/// Maps a DNS answer the host received. The record does not name the
+/// server, so the endpoint is the host the answer was delivered to.
+fn dns_activity(event: &mut Event, record: &Value) {
+    let dns = &record["dns"];
+    event.set("dst_endpoint", json!({ "hostname": record["host"]["name"].as_str().unwrap_or("unknown") }));
+    if let Some(query) = dns["query"].as_str() {
+        event.set("query", json!({ "hostname": query }));
+    }
+    let mut answers = Vec::new();
+    for address in dns["answers"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        let kind = if address.contains(':') { "AAAA" } else { "A" };
+        answers.push(json!({ "rdata": address, "type": kind }));
+    }
+    for name in dns["cnames"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        answers.push(json!({ "rdata": name, "type": "CNAME" }));
+    }
+    event.set("answers", json!(answers));
+    if let Some(rcode) = dns["rcode"].as_u64() {
+        // OCSF 1.8 lists the DNS response codes 0 to 11; 12 to 15 are
+        // unassigned and become Other.
+        const NAMES: [&str; 12] = [
+            "NoError", "FormError", "ServError", "NXDomain", "NotImp", "Refused", "YXDomain", "YXRRSet", "NXRRSet",
+            "NotAuth", "NotZone", "DSOTYPENI",
+        ];
+        match usize::try_from(rcode).ok().and_then(|index| NAMES.get(index)) {
+            Some(name) => {
+                event.set("rcode_id", json!(rcode));
+                event.set("rcode", json!(name));
+            }
+            None => {
+                event.set("rcode_id", json!(99));
+                event.set("rcode", json!(format!("rcode {rcode}")));
+            }
+        }
+    }
+    event.take("dns");
 }
 
 /// The `finding` members that `finding_info` carries.

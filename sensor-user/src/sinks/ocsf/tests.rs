@@ -121,6 +121,7 @@ fn sample_records() -> Vec<Value> {
         with(head("tls.hello", 12), json!({ "process": process, "network": { "protocol": "tcp", "destination": { "address": "127.0.0.9", "port": 443, "family": "ipv4" }, "result": "ok" }, "tls": { "sni": "api.openai.com" } })),
         with(head("process.exit", 13), json!({ "process": process, "exit": { "code": 3, "signal": null } })),
         with(head("evidence.checkpoint", 14), json!({ "checkpoint": { "reason": "rotation", "from_seq": 0, "to_seq": 13, "hash": "00".repeat(32), "algorithm": "ed25519", "public_key_sha256": null, "signature": null } })),
+        with(head("net.dns", 16), json!({ "process": process, "dns": { "query": "api.openai.com", "answers": ["127.0.0.9", "::1"], "rcode": 0, "cnames": ["edge.example.test"] }, "provider": { "provider": "openai" } })),
         with(head("some.future_kind", 15), json!({ "anything": [1, 2] })),
     ]
 }
@@ -152,6 +153,7 @@ fn classes_per_kind() {
         ("finding.shadow_agent", 2004, 1),
         ("agent.detected", 0, 99),
         ("evidence.checkpoint", 1008, 5),
+        ("net.dns", 4003, 2),
         ("some.future_kind", 0, 99),
     ];
     for (kind, class_uid, activity_id) in expected {
@@ -209,6 +211,21 @@ fn connect_maps_endpoint_and_status() {
     assert_eq!(event["status_code"], "ECONNREFUSED");
     assert_eq!(event["actor"]["process"]["pid"], 4242);
     assert_eq!(event["unmapped"]["network"]["errno"], 111);
+}
+
+#[test]
+fn dns_answer_maps_query_and_answers() {
+    let event = event_of("net.dns");
+    assert_eq!(event["query"]["hostname"], "api.openai.com");
+    assert_eq!(event["answers"][0]["rdata"], "127.0.0.9");
+    assert_eq!(event["answers"][0]["type"], "A");
+    assert_eq!(event["answers"][1]["type"], "AAAA");
+    assert_eq!(event["answers"][2]["rdata"], "edge.example.test");
+    assert_eq!(event["rcode_id"], 0);
+    assert_eq!(event["rcode"], "NoError");
+    assert_eq!(event["actor"]["process"]["pid"], 4242);
+    assert!(event["unmapped"].get("dns").is_none(), "{event}");
+    assert_eq!(event["unmapped"]["provider"]["provider"], "openai");
 }
 
 #[test]
