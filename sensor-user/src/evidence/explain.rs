@@ -56,8 +56,11 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// Reads every file; a line that is not a record is counted and skipped,
-    /// because a torn last line after a crash is expected.
+    /// Reads every file. A line that is not a record is counted and
+    /// skipped, because a torn last line after a crash is expected.
+    ///
+    /// NOTE: every record is kept in memory as parsed JSON, several times
+    /// its size on disk, so a very large evidence set needs that much.
     pub fn read(paths: &[PathBuf]) -> Result<Evidence, ExplainError> {
         let mut by_seq = BTreeMap::new();
         let mut skipped_lines = 0;

@@ -355,7 +355,9 @@ fn strip_process(event: &mut Event, record: &Value) {
 }
 
 fn process_activity(event: &mut Event, record: &Value, kind: &str) {
-    let process = process(record).unwrap_or_else(|| json!({ "pid": 0 }));
+    // Every process record has a `process` section, but the schema
+    // requires a process object in any case.
+    let process = process(record).unwrap_or_else(|| json!({ "uid": "unknown" }));
     // The actor of a launch is the parent that made it. An exit or a
     // process found running has no other actor than itself.
     let actor = match (kind, process.get("parent_process")) {
@@ -445,8 +447,17 @@ fn network_activity(event: &mut Event, record: &Value) {
     }
     event.set("connection_info", connection);
     native.remove("protocol");
-    let result = native.get("result").and_then(Value::as_str).map(str::to_owned);
-    status(event, result.as_deref().filter(|r| *r != "EINPROGRESS"));
+    // A non-blocking connect's status is its handshake's outcome, when
+    // one was seen.
+    let result = native.get("result").and_then(Value::as_str);
+    let outcome = native.get("outcome").and_then(Value::as_str);
+    let settled = match (result, outcome) {
+        (Some("EINPROGRESS"), Some("established")) => Some("ok"),
+        (Some("EINPROGRESS"), Some("pending" | "unknown") | None) => None,
+        (Some("EINPROGRESS"), Some(errno)) => Some(errno),
+        (result, _) => result,
+    };
+    status(event, settled.map(str::to_owned).as_deref());
     if let Some(outcome) = native.get("outcome").and_then(Value::as_str) {
         event.set("status_detail", json!(outcome));
     }

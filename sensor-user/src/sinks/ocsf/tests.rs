@@ -229,6 +229,21 @@ fn dns_answer_maps_query_and_answers() {
 }
 
 #[test]
+fn nonblocking_connect_status_from_outcome() {
+    let cases = [("established", Some(1), "Open"), ("ECONNREFUSED", Some(2), "Refuse"), ("pending", None, "Open")];
+    for (outcome, status_id, activity) in cases {
+        let record = with(
+            head("net.connect", 20),
+            json!({ "process": process_section(), "network": { "protocol": "tcp", "destination": { "address": "127.0.0.2", "port": 80, "family": "ipv4" }, "result": "EINPROGRESS", "outcome": outcome } }),
+        );
+        let event = rendered(&record);
+        assert_eq!(event["status_id"].as_u64(), status_id, "{outcome}: {event}");
+        assert_eq!(event["activity_name"], activity, "{outcome}: {event}");
+        assert_eq!(event["status_detail"], outcome, "{outcome}: {event}");
+    }
+}
+
+#[test]
 fn policy_checks_become_enrichments() {
     let event = event_of("file.open");
     let enrichments = event["enrichments"].as_array().unwrap();
