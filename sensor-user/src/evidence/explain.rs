@@ -2,16 +2,17 @@
 //!
 //! Takes native evidence files, rotated parts in any order, and an id: a
 //! record's `seq`, its `id`, or a process's `exec_id`. Records are put back
-//! in `seq` order. Produces the record's agent session (`agent.detected`
-//! and `agent.session_end`), the LLM exchange before it in that session, the
-//! tool spawn it belongs to, what that tool and its descendants did after
-//! the spawn (execs, connects, TLS, file operations, LLM calls, exits), the
-//! findings about any of these, and on each record its policy verdict and
-//! checks. Printed as an indented tree or as one JSON object.
+//! in `seq` order. The output has the record's agent session
+//! (`agent.detected` and `agent.session_end`) and the LLM exchange before
+//! it in that session. It has the tool spawn the record belongs to and what
+//! that tool and its descendants did after the spawn: execs, connects, TLS,
+//! file operations, LLM calls and exits. It has the findings about any of
+//! these, and each record's policy verdict and checks. It is printed as an
+//! indented tree or as one JSON object.
 //!
-//! It does not check the hash chain (`verify` does) and does not read OCSF
-//! files, whose events keep only part of the native fields in their
-//! OCSF members; an OCSF line is reported as an error.
+//! It does not check the hash chain (`verify` does). It does not read OCSF
+//! files either, because their OCSF members hold only part of the native
+//! fields, so an OCSF line is reported as an error.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -145,7 +146,7 @@ fn is_action(kind: &str) -> bool {
 }
 
 /// Builds the explanation of the record that `id` names, as JSON. Each
-/// member contains whole records, so nothing the evidence says is lost.
+/// member contains whole records, so no recorded fact is lost.
 pub fn explain(evidence: &Evidence, id: &str) -> Result<Value, ExplainError> {
     let records = &evidence.records;
     let index = evidence
