@@ -102,10 +102,10 @@ impl Evidence {
     /// process's `tool.spawn`, else its `process.exec`, else its first
     /// record).
     fn find(&self, id: &str) -> Option<usize> {
-        if let Ok(seq) = id.parse::<u64>() {
-            if let Some(index) = self.records.iter().position(|r| r["seq"] == seq) {
-                return Some(index);
-            }
+        if let Ok(seq) = id.parse::<u64>()
+            && let Some(index) = self.records.iter().position(|r| r["seq"] == seq)
+        {
+            return Some(index);
         }
         if let Some(index) = self.records.iter().position(|r| r["id"] == id) {
             return Some(index);

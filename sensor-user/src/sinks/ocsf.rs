@@ -123,11 +123,14 @@ pub fn map(record: &Value) -> (Map<String, Value>, Map<String, Value>) {
         }
         _ => {}
     }
-    if class.uid != 1007 && class.uid != 2004 && class.uid != 0 {
-        if let Some(process) = process(record) {
-            event.set("actor", json!({ "process": process }));
-            strip_process(&mut event, record);
-        }
+    // Process Activity has its own `process`, and a finding puts the
+    // process in its evidence.
+    if class.uid != 1007
+        && class.uid != 2004
+        && let Some(process) = process(record)
+    {
+        event.set("actor", json!({ "process": process }));
+        strip_process(&mut event, record);
     }
     policy(&mut event, record);
     observables(&mut event);

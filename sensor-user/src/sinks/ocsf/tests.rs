@@ -214,6 +214,17 @@ fn connect_maps_endpoint_and_status() {
 }
 
 #[test]
+fn base_event_keeps_sections_unmapped() {
+    let event = event_of("agent.detected");
+    assert_eq!(event["actor"]["process"]["pid"], 4242, "{event}");
+    assert_eq!(event["unmapped"]["agent"]["session_id"], "session-1", "{event}");
+    assert_eq!(event["unmapped"]["detection"]["signal"], "sni", "{event}");
+    assert_eq!(event["unmapped"]["process"]["argv"][0], "curl", "{event}");
+    let future = event_of("some.future_kind");
+    assert_eq!(future["unmapped"]["anything"][1], 2, "{future}");
+}
+
+#[test]
 fn dns_answer_maps_query_and_answers() {
     let event = event_of("net.dns");
     assert_eq!(event["query"]["hostname"], "api.openai.com");
