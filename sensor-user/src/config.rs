@@ -249,6 +249,12 @@ pub struct OutputConfig {
     pub evidence_path: PathBuf,
     /// Flush buffered records at least this often, in milliseconds.
     pub flush_interval_ms: u64,
+    /// Record format on standard output: `native` (the agent-sensor
+    /// schema) or `ocsf` (OCSF 1.8 events, see docs/ocsf.md).
+    pub stdout_format: OutputFormat,
+    /// Record format in the evidence file: `native` or `ocsf`. Either way
+    /// each line is sealed into the hash chain and `verify` checks it.
+    pub evidence_format: OutputFormat,
 }
 
 impl Default for OutputConfig {
@@ -257,8 +263,20 @@ impl Default for OutputConfig {
             stdout: true,
             evidence_path: PathBuf::from("/var/lib/agent-sensor/evidence.jsonl"),
             flush_interval_ms: 200,
+            stdout_format: OutputFormat::Native,
+            evidence_format: OutputFormat::Native,
         }
     }
+}
+
+/// The form of the records a sink writes.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// The agent-sensor record schema (docs/schema.md).
+    Native,
+    /// OCSF 1.8 events (docs/ocsf.md).
+    Ocsf,
 }
 
 impl OutputConfig {

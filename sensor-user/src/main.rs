@@ -103,6 +103,25 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show the records around one record: its agent session, the LLM call
+    /// before it, its tool spawn, what the tool did after, and the policy
+    /// checks and verdicts on each.
+    ///
+    /// Exit codes: 0 explained, 2 invalid arguments or unreadable input, 3
+    /// no record has the id.
+    Explain {
+        /// A record's seq, its id, or a process's exec_id.
+        id: String,
+        /// Print the explanation as one JSON object with the whole records.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file whose `output.evidence_path` (and its rotated
+        /// parts) is read when no files are given.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Evidence files in native format (rotated parts in any order).
+        files: Vec<PathBuf>,
+    },
     /// Generate an ed25519 key pair for signing evidence checkpoints.
     Keygen {
         /// Where to write the private key (PKCS#8 PEM, mode 0600).
@@ -231,6 +250,27 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Explain { id, json, config, files } => {
+            let files = if files.is_empty() {
+                let config = match config.map(|path| config::Config::load(&path)).transpose() {
+                    Ok(config) => config.unwrap_or_default(),
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return ExitCode::from(evidence::explain::EXIT_INVALID);
+                    }
+                };
+                match evidence::explain::files_of(&config.output.evidence_path) {
+                    Ok(files) => files,
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return ExitCode::from(evidence::explain::EXIT_INVALID);
+                    }
+                }
+            } else {
+                files
+            };
+            ExitCode::from(evidence::explain::run(&id, &files, json))
         }
         Command::Keygen { private, public } => match evidence::checkpoint::keygen(&private, &public) {
             Ok(key_sha256) => {

@@ -106,14 +106,17 @@ fn ensure_bpf_linker() -> Result<()> {
     )
 }
 
-/// Python packages the integration tests' clients import: the `openai`
-/// client, and the OpenTelemetry SDK with its OTLP/HTTP exporter.
-const PYTHON_PACKAGES: &[&str] = &["openai", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"];
+/// Python packages the tests import: the `openai` client, the
+/// OpenTelemetry SDK with its OTLP/HTTP exporter, and `jsonschema`, which
+/// checks OCSF output against the schemas in tests/fixtures/ocsf.
+const PYTHON_PACKAGES: &[&str] =
+    &["openai", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "jsonschema"];
 
-/// Installs the tests' Python packages with pip when `openai` cannot be
-/// imported; the others are installed together with it.
+/// Installs the tests' Python packages with pip when `openai` or
+/// `jsonschema` cannot be imported; the others are installed with them.
 fn ensure_python_packages() -> Result<()> {
-    if Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success()) {
+    let imports = "import openai, jsonschema";
+    if Command::new("python3").args(["-c", imports]).output().is_ok_and(|o| o.status.success()) {
         return Ok(());
     }
     eprintln!("xtask: installing the Python packages the integration tests use: {}", PYTHON_PACKAGES.join(" "));

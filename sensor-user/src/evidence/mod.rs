@@ -12,6 +12,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod explain;
 pub mod recovery;
 pub mod verify;
 #[cfg(test)]

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    chain::{hex_string, parse_body, ChainHead, Hash, SealedLine, GENESIS},
+    chain::{hex_string, ChainHead, Hash, SealedLine, GENESIS},
     checkpoint::Reason,
 };
 
@@ -382,14 +382,10 @@ fn good_line(line: &[u8], end: u64) -> Option<GoodLine> {
     let meta = sealed.meta().ok()?;
     let checkpoint_reason = if meta.kind == KIND_CHECKPOINT {
         #[derive(Deserialize)]
-        struct Wrapper {
-            checkpoint: Inner,
-        }
-        #[derive(Deserialize)]
         struct Inner {
             reason: Reason,
         }
-        Some(parse_body::<Wrapper>(sealed.body).ok()?.checkpoint.reason)
+        Some(sealed.parse_section::<Inner>("checkpoint").ok()?.reason)
     } else {
         None
     };

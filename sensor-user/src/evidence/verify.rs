@@ -28,11 +28,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    chain::{hex_string, parse_body, Hash, SealedLine, GENESIS},
+    chain::{hex_string, Hash, SealedLine, GENESIS},
     checkpoint::{self, CheckpointView, PublicKey, Reason},
     recovery::{RecoveredView, KIND_CHECKPOINT, KIND_RECOVERED},
 };
@@ -296,16 +296,6 @@ fn intact_seq(line: &[u8]) -> Option<u64> {
     sealed.meta().ok().map(|meta| meta.seq)
 }
 
-#[derive(Deserialize)]
-struct CheckpointRecord {
-    checkpoint: CheckpointView,
-}
-
-#[derive(Deserialize)]
-struct RecoveredRecord {
-    sensor: RecoveredView,
-}
-
 impl<'k> Verifier<'k> {
     fn new(key: Option<&'k PublicKey>, names: Vec<String>) -> Self {
         let files = names
@@ -420,7 +410,7 @@ impl<'k> Verifier<'k> {
             let message = not_a_record(&format!(" and the next intact record, line {line}, is not a recovery record"));
             return self.fail(ProblemKind::Malformed, pending.file, Some(pending.line), None, message);
         }
-        let torn = parse_body::<RecoveredRecord>(sealed.body).ok().and_then(|r| r.sensor.torn);
+        let torn = sealed.parse_section::<RecoveredView>("sensor").ok().and_then(|sensor| sensor.torn);
         let Some(torn) = torn else {
             let message = not_a_record(&format!(" and the recovery record on line {line} names no torn bytes"));
             return self.fail(ProblemKind::Malformed, pending.file, Some(pending.line), None, message);
@@ -517,8 +507,8 @@ impl<'k> Verifier<'k> {
     }
 
     fn checkpoint(&mut self, file: usize, line: usize, sealed: &SealedLine<'_>, seq: u64, previous_hash: &Hash) {
-        let view = match parse_body::<CheckpointRecord>(sealed.body) {
-            Ok(record) => record.checkpoint,
+        let view = match sealed.parse_section::<CheckpointView>("checkpoint") {
+            Ok(view) => view,
             Err(error) => {
                 let message = format!("the checkpoint section is invalid: {error}");
                 return self.fail(ProblemKind::BadCheckpoint, file, Some(line), Some(seq), message);
@@ -563,8 +553,7 @@ impl<'k> Verifier<'k> {
             return self.fail(ProblemKind::WrongKey, file, Some(line), Some(seq), message);
         }
 
-        let mut record = sealed.body.to_vec();
-        record.push(b'}');
+        let record = sealed.record();
         let valid = view.algorithm == checkpoint::ALGORITHM
             && checkpoint::signed_message(&record).is_some_and(|(message, signature)| key.verify(&message, &signature));
         if !valid {
@@ -579,8 +568,8 @@ impl<'k> Verifier<'k> {
     }
 
     fn recovered(&mut self, file: usize, line: usize, sealed: &SealedLine<'_>, seq: u64, after_torn: bool) {
-        let view = match parse_body::<RecoveredRecord>(sealed.body) {
-            Ok(record) => record.sensor,
+        let view = match sealed.parse_section::<RecoveredView>("sensor") {
+            Ok(view) => view,
             Err(error) => {
                 let message = format!("the recovery record's sensor section is invalid: {error}");
                 return self.fail(ProblemKind::BadRecovery, file, Some(line), Some(seq), message);

@@ -9,8 +9,14 @@
 //! when the previous run did not stop cleanly, and `evidence.checkpoint`
 //! records after every `evidence.checkpoint_every_records` records, on the
 //! daemon's timer, before each rotation and at shutdown.
+//!
+//! Each sink writes `native` records or OCSF events (`ocsf.rs`), chosen per
+//! sink. Sinks of one format share one chain. When standard output and the
+//! file differ, each has a chain of its own with the same seq numbers and
+//! its own signed checkpoints, so either verifies alone.
 
 pub mod file;
+pub mod ocsf;
 
 use std::{
     io::{self, BufWriter, Stdout, Write},
@@ -21,7 +27,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    config::{EvidenceConfig, FsyncPolicy, OutputConfig},
+    config::{EvidenceConfig, FsyncPolicy, OutputConfig, OutputFormat},
     evidence::{
         chain::{self, ChainError, Hash, GENESIS},
         checkpoint::{self, CheckpointView, KeyError, Reason, Signer},
@@ -74,9 +80,9 @@ pub enum SinkError {
 }
 
 #[derive(Serialize)]
-struct CheckpointRecord<'a> {
+struct CheckpointRecord<'a, 'h> {
     #[serde(flatten)]
-    head: Head<'a>,
+    head: &'a Head<'h>,
     checkpoint: CheckpointView,
 }
 
@@ -87,6 +93,15 @@ struct RecoveredRecord<'a> {
     sensor: RecoveredView,
 }
 
+/// One hash chain and the sinks its lines go to.
+struct Chain {
+    format: OutputFormat,
+    /// Hash of the last record written to this chain.
+    prev_hash: Hash,
+    to_file: bool,
+    to_stdout: bool,
+}
+
 pub struct Sinks {
     stdout: Option<BufWriter<Stdout>>,
     file: Option<EvidenceFile>,
@@ -94,15 +109,18 @@ pub struct Sinks {
     stamper: Stamper,
     signer: Signer,
     settings: EvidenceConfig,
-    /// Hash of the last record written.
-    prev_hash: Hash,
+    /// One chain, or two when standard output and the file differ in format.
+    chains: Vec<Chain>,
     last_seq: Option<u64>,
     /// `from_seq` of the next checkpoint.
     range_start: u64,
     /// Records written since the last checkpoint.
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// The native record being written.
     line: Vec<u8>,
+    /// The record in a chain's format, sealed.
+    rendered: Vec<u8>,
     pub records_written: u64,
     pub checkpoints_written: u64,
     /// The export stage's channel (`[export.otlp]`), fed every sealed line.
@@ -153,6 +171,7 @@ impl Sinks {
         if let Some(head) = resume.head {
             stamper.resume_at(head.seq + 1);
         }
+        let chains = chains_for(output, file.is_some(), resume.head.map_or(GENESIS, |head| head.hash));
         let mut sinks = Sinks {
             stdout: output.stdout.then(|| BufWriter::with_capacity(256 * 1024, io::stdout())),
             file,
@@ -160,12 +179,13 @@ impl Sinks {
             stamper,
             signer,
             settings: evidence.clone(),
-            prev_hash: resume.head.map_or(GENESIS, |head| head.hash),
+            chains,
             last_seq: resume.head.map(|head| head.seq),
             range_start: resume.range_start,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             line: Vec::with_capacity(4096),
+            rendered: Vec::with_capacity(4096),
             records_written: 0,
             checkpoints_written: 0,
             export,
@@ -224,41 +244,84 @@ impl Sinks {
         Ok(())
     }
 
-    /// Seals the record in `self.line` and writes it. The record's seq is
-    /// the last one the stamper handed out.
+    /// Seals the record in `self.line` into every chain and writes it.
+    /// The record's seq is the last one the stamper handed out.
     fn append_sealed(&mut self) -> Result<(), SinkError> {
         let seq = self.stamper.next_seq().saturating_sub(1);
-        let hash = chain::seal(&self.prev_hash, &mut self.line)?;
-        self.line.push(b'\n');
-        if let Some(file) = &mut self.file {
-            file.append(&self.line, seq)?;
+        for index in 0..self.chains.len() {
+            self.append_to_chain(index, seq, None)?;
         }
-        if let Some(stdout) = &mut self.stdout {
-            stdout.write_all(&self.line).map_err(|source| SinkError::Write { sink: "stdout", source })?;
-        }
-        if let Some(export) = &mut self.export {
-            export.offer(seq, &self.line);
-        }
-        self.prev_hash = hash;
         self.last_seq = Some(seq);
         self.records_written += 1;
         self.since_checkpoint += 1;
         Ok(())
     }
 
+    /// Renders the native record in `self.line` in the chain's format,
+    /// signs it when `signer` is given (a checkpoint), seals it and writes
+    /// it to the chain's sinks.
+    fn append_to_chain(&mut self, index: usize, seq: u64, signer: Option<&Signer>) -> Result<(), SinkError> {
+        let Sinks { chains, line, rendered, file, stdout, export, .. } = self;
+        let chain = &mut chains[index];
+        rendered.clear();
+        let hash = match chain.format {
+            OutputFormat::Native => {
+                rendered.extend_from_slice(line);
+                if let Some(signer) = signer {
+                    checkpoint::sign_record(rendered, signer);
+                }
+                chain::seal(&chain.prev_hash, rendered)?
+            }
+            OutputFormat::Ocsf => {
+                ocsf::render(line, rendered).map_err(SinkError::Serialize)?;
+                if let Some(signer) = signer {
+                    checkpoint::sign_record(rendered, signer);
+                }
+                chain::seal_nested(&chain.prev_hash, rendered)?
+            }
+        };
+        rendered.push(b'\n');
+        if let (true, Some(file)) = (chain.to_file, file.as_mut()) {
+            file.append(rendered, seq)?;
+        }
+        if let (true, Some(stdout)) = (chain.to_stdout, stdout.as_mut()) {
+            stdout.write_all(rendered).map_err(|source| SinkError::Write { sink: "stdout", source })?;
+        }
+        // The first chain is the evidence file's when there is one, so the
+        // export carries the lines a remote store can check against it.
+        if let (0, Some(export)) = (index, export.as_mut()) {
+            export.offer(seq, rendered);
+        }
+        chain.prev_hash = hash;
+        Ok(())
+    }
+
     /// Writes a checkpoint covering the records since the previous one.
     fn checkpoint(&mut self, reason: Reason) -> Result<(), SinkError> {
         let Some(to_seq) = self.last_seq else { return Ok(()) };
-        let view = CheckpointView::new(reason, self.range_start, to_seq, &self.prev_hash, &self.signer);
-        let Sinks { stamper, line, signer, .. } = self;
+        let mut stamper = self.stamper.clone();
         let head = stamper.head(KIND_CHECKPOINT, Clock::boot_now_ns());
         let seq = head.seq;
-        line.clear();
-        serde_json::to_writer(&mut *line, &CheckpointRecord { head, checkpoint: view }).map_err(SinkError::Serialize)?;
-        // Signs every byte of the record, so no field of the newest
-        // checkpoint can change unnoticed, though nothing links to it yet.
-        checkpoint::sign_record(line, signer);
-        self.append_sealed()?;
+        // Each chain commits to its own last hash, and the signature covers
+        // every byte of the record as that chain writes it, so no field of
+        // the newest checkpoint can change unnoticed, though nothing links
+        // to it yet.
+        let signer = std::mem::replace(&mut self.signer, Signer::unsigned());
+        let mut result = Ok(());
+        for index in 0..self.chains.len() {
+            let view = CheckpointView::new(reason, self.range_start, to_seq, &self.chains[index].prev_hash, &signer);
+            self.line.clear();
+            result = serde_json::to_writer(&mut self.line, &CheckpointRecord { head: &head, checkpoint: view })
+                .map_err(SinkError::Serialize)
+                .and_then(|()| self.append_to_chain(index, seq, Some(&signer)));
+            if result.is_err() {
+                break;
+            }
+        }
+        self.signer = signer;
+        result?;
+        self.last_seq = Some(seq);
+        self.records_written += 1;
         self.range_start = seq;
         self.checkpoints_written += 1;
         self.since_checkpoint = 0;
@@ -346,6 +409,23 @@ impl Sinks {
             file.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// Lays out the chains: one when both sinks write the same format (or only
+/// one sink is on), else one per sink. A separate chain for standard output
+/// starts from the file's last hash, as the shared chain would, so a
+/// capture of it verifies as a chain that began before it.
+fn chains_for(output: &OutputConfig, has_file: bool, prev_hash: Hash) -> Vec<Chain> {
+    let chain = |format, to_file, to_stdout| Chain { format, prev_hash, to_file, to_stdout };
+    match (has_file, output.stdout) {
+        (true, true) if output.stdout_format == output.evidence_format => {
+            vec![chain(output.evidence_format, true, true)]
+        }
+        (true, true) => vec![chain(output.evidence_format, true, false), chain(output.stdout_format, false, true)],
+        (true, false) => vec![chain(output.evidence_format, true, false)],
+        (false, true) => vec![chain(output.stdout_format, false, true)],
+        (false, false) => vec![chain(OutputFormat::Native, false, false)],
     }
 }
 

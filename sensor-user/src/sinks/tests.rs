@@ -440,3 +440,77 @@ fn chained_sink_throughput() {
     let elapsed = start.elapsed();
     println!("verified {} records in {elapsed:?}: {:.0} records/s", report.verified.unwrap().records, report.verified.unwrap().records as f64 / elapsed.as_secs_f64());
 }
+
+fn open_ocsf(path: &Path, settings: &EvidenceConfig, stamper: &Stamper) -> Sinks {
+    let output = OutputConfig {
+        stdout: false,
+        evidence_path: path.to_owned(),
+        evidence_format: OutputFormat::Ocsf,
+        ..OutputConfig::default()
+    };
+    Sinks::open(&output, settings, stamper.clone()).unwrap()
+}
+
+/// An OCSF evidence file with signed checkpoints, rotations and a crash in
+/// the middle verifies clean, and a changed byte in it is found.
+#[test]
+fn ocsf_file_verifies_across_rotation_and_crash() {
+    let dir = Scratch::new("ocsf");
+    let path = dir.path().join("evidence.jsonl");
+    let (key, public) = test_keys(dir.path());
+    let mut stamper = test_stamper();
+    let mut config = settings(Some(&key));
+    config.rotate_size_bytes = 16 << 10;
+    let mut sinks = open_ocsf(&path, &config, &stamper);
+    for i in 0..120 {
+        write_record(&mut sinks, &mut stamper, &format!("first run {i} {}", "x".repeat(60)));
+    }
+    sinks.flush().unwrap();
+    sinks.crash();
+    let mut sinks = open_ocsf(&path, &config, &stamper);
+    for i in 0..40 {
+        write_record(&mut sinks, &mut stamper, &format!("second run {i}"));
+    }
+    sinks.close().unwrap();
+
+    let files = evidence_files(&path);
+    assert!(files.len() > 2, "{files:?}");
+    let records: Vec<serde_json::Value> = files.iter().flat_map(|f| lines(f)).collect();
+    assert!(records.len() > 160, "{}", records.len());
+    for record in &records {
+        assert!(record.get("integrity").is_none(), "the seal sits in unmapped: {record}");
+        assert!(record["unmapped"]["integrity"]["hash"].is_string(), "{record}");
+        assert!(record["class_uid"].is_u64(), "{record}");
+    }
+    let codes: Vec<&str> = records.iter().map(|r| r["metadata"]["event_code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"sensor.chain_recovered"), "the crash is recorded: {codes:?}");
+    assert!(records.iter().any(|r| r["unmapped"]["checkpoint"]["signature"].is_string()));
+
+    let mut shuffled = files.clone();
+    shuffled.reverse();
+    let report = verify_paths(&shuffled, Some(&public)).unwrap();
+    assert_eq!(report.exit_code, 0, "{report:#?}");
+    assert!(report.checkpoints.verified > 2, "{report:#?}");
+
+    let active = std::fs::read(&path).unwrap();
+    let at = active.iter().position(|&b| b == b'x').unwrap_or(active.len() / 2);
+    let mut changed = active.clone();
+    changed[at + 40] ^= 0x01;
+    std::fs::write(&path, changed).unwrap();
+    let report = verify_paths(&files, Some(&public)).unwrap();
+    assert_eq!(report.exit_code, 1, "{report:#?}");
+}
+
+#[test]
+fn chains_per_format() {
+    let mut output = OutputConfig::default();
+    let layout = |output: &OutputConfig, file| {
+        chains_for(output, file, GENESIS).iter().map(|c| (c.format, c.to_file, c.to_stdout)).collect::<Vec<_>>()
+    };
+    assert_eq!(layout(&output, true), [(OutputFormat::Native, true, true)]);
+    output.evidence_format = OutputFormat::Ocsf;
+    assert_eq!(layout(&output, true), [(OutputFormat::Ocsf, true, false), (OutputFormat::Native, false, true)]);
+    assert_eq!(layout(&output, false), [(OutputFormat::Native, false, true)]);
+    output.stdout = false;
+    assert_eq!(layout(&output, true), [(OutputFormat::Ocsf, true, false)]);
+}
