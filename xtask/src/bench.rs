@@ -126,12 +126,81 @@ fn reset_on_close(stream: &TcpStream) {
     };
 }
 
+/// The TLS server of the HTTPS loop (`xtask/bench/https_loop.py`), on a
+/// loopback port, stopped on drop.
+struct HttpsServer {
+    child: Child,
+    port: u16,
+    ca: std::path::PathBuf,
+}
+
+impl HttpsServer {
+    fn start(dir: &Path) -> Result<HttpsServer> {
+        let mut command = Command::new("python3");
+        command.arg(https_loop_script()).arg("serve").arg(dir);
+        // The server gets a private copy of libssl, a file the sensor does
+        // not hook, because a provider's server is on another host and its
+        // TLS calls are not part of the client's cost.
+        let system_libssl = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"]
+            .iter()
+            .map(|dir| Path::new(dir).join("libssl.so.3"))
+            .find(|path| path.exists());
+        match system_libssl {
+            Some(path) => {
+                let private = dir.join("server-lib");
+                std::fs::create_dir_all(&private)?;
+                std::fs::copy(&path, private.join("libssl.so.3")).context("copying libssl for the server")?;
+                command.env("LD_LIBRARY_PATH", &private);
+            }
+            None => eprintln!("libssl.so.3 not found: the HTTPS loop server's TLS calls are hooked too"),
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the HTTPS loop server (python3)")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).context("reading the server's port")?;
+        let port = line.trim().parse().with_context(|| format!("the HTTPS loop server printed {line:?}, not a port"))?;
+        Ok(HttpsServer { child, port, ca: dir.join("cert.pem") })
+    }
+
+    /// Time for `count` requests over one keep-alive connection, as the
+    /// client measures it, so Python's start-up is not counted.
+    fn loop_requests(&self, count: usize) -> Result<Duration> {
+        let output = Command::new("python3")
+            .arg(https_loop_script())
+            .args(["client", &self.port.to_string()])
+            .arg(&self.ca)
+            .arg(count.to_string())
+            .output()
+            .context("running the HTTPS loop client")?;
+        if !output.status.success() {
+            bail!("the HTTPS loop client failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let seconds: f64 = text.trim().parse().with_context(|| format!("the HTTPS loop client printed {text:?}"))?;
+        Ok(Duration::from_secs_f64(seconds))
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn https_loop_script() -> std::path::PathBuf {
+    crate::workspace_root().join("xtask/bench/https_loop.py")
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
 
-pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, config: Option<&Path>) -> Result<()> {
+pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, requests: usize, config: Option<&Path>) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -139,12 +208,15 @@ pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, config: 
     std::fs::create_dir_all(&dir)?;
     let evidence = dir.join("evidence.jsonl");
 
+    let https = HttpsServer::start(&dir)?;
     // Warm caches (page cache, dynamic loader) before the first timed round.
     exec_storm(execs.min(200))?;
     connect_storm(connects.min(200))?;
+    https.loop_requests(requests.min(200))?;
 
     let mut exec_ratios = Vec::new();
     let mut connect_ratios = Vec::new();
+    let mut https_ratios = Vec::new();
     let mut sensor_cpu_seconds = 0.0;
     let mut peak_rss_kib = 0;
     for round in 0..rounds {
@@ -152,34 +224,43 @@ pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, config: 
         // started after the "off" half and stopped at the end of the round.
         let exec_off = exec_storm(execs)?;
         let connect_off = connect_storm(connects)?;
+        let https_off = https.loop_requests(requests)?;
         let sensor = Sensor::start(binary, &evidence, config)?;
         let (cpu_start, _) = sensor.usage();
         let exec_on = exec_storm(execs)?;
         let connect_on = connect_storm(connects)?;
+        let https_on = https.loop_requests(requests)?;
         let (cpu_end, hwm) = sensor.usage();
         sensor.stop()?;
         eprintln!(
-            "round {}: exec {:.3}s off, {:.3}s on; connect {:.3}s off, {:.3}s on; sensor cpu {:.3}s; peak rss {} KiB",
+            "round {}: exec {:.3}s off, {:.3}s on; connect {:.3}s off, {:.3}s on; https {:.3}s off, {:.3}s on; sensor cpu {:.3}s; peak rss {} KiB",
             round + 1,
             exec_off.as_secs_f64(),
             exec_on.as_secs_f64(),
             connect_off.as_secs_f64(),
             connect_on.as_secs_f64(),
+            https_off.as_secs_f64(),
+            https_on.as_secs_f64(),
             cpu_end - cpu_start,
             hwm
         );
         exec_ratios.push(exec_on.as_secs_f64() / exec_off.as_secs_f64());
         connect_ratios.push(connect_on.as_secs_f64() / connect_off.as_secs_f64());
+        https_ratios.push(https_on.as_secs_f64() / https_off.as_secs_f64());
         sensor_cpu_seconds += cpu_end - cpu_start;
         peak_rss_kib = peak_rss_kib.max(hwm);
     }
 
     let exec_ratio = median(&mut exec_ratios);
     let connect_ratio = median(&mut connect_ratios);
+    let https_ratio = median(&mut https_ratios);
     println!("workload        rounds  per round        ratio (median, on/off)  target");
     println!("exec storm      {rounds:>6}  {execs:>6} execs     {exec_ratio:>8.3}                 <= 1.05 now, 1.01 goal");
     println!("connect storm   {rounds:>6}  {connects:>6} connects  {connect_ratio:>8.3}                 <= 1.02");
-    let events = rounds * (3 * execs + connects);
+    println!("https loop      {rounds:>6}  {requests:>6} requests  {https_ratio:>8.3}                 <= 1.05 (TLS plaintext capture)");
+    // Each HTTPS request is an llm.request and an llm.response, plus the
+    // uprobe records of both ends.
+    let events = rounds * (3 * execs + connects + 2 * requests);
     println!(
         "sensor cpu: {sensor_cpu_seconds:.3}s over {rounds} rounds (about {:.1} us per kernel event); peak resident memory: {peak_rss_kib} KiB",
         sensor_cpu_seconds * 1e6 / events.max(1) as f64
@@ -187,6 +268,7 @@ pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, config: 
     let results = serde_json::json!({
         "exec_storm": { "rounds": rounds, "execs": execs, "ratio_median": exec_ratio, "ratios": exec_ratios },
         "connect_storm": { "rounds": rounds, "connects": connects, "ratio_median": connect_ratio, "ratios": connect_ratios },
+        "https_loop": { "rounds": rounds, "requests": requests, "ratio_median": https_ratio, "ratios": https_ratios },
         "sensor_cpu_seconds": sensor_cpu_seconds,
         "sensor_peak_rss_kib": peak_rss_kib,
     });

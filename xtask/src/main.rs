@@ -53,6 +53,9 @@ enum Task {
         /// Connections per connect-storm round.
         #[arg(long, default_value_t = 5000)]
         connects: usize,
+        /// Requests per HTTPS-loop round (TLS plaintext capture).
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
         /// Configuration file for the sensor under test.
         #[arg(long)]
         sensor_config: Option<PathBuf>,
@@ -98,11 +101,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Test { args } => test(&args),
-        Task::Bench { rounds, execs, connects, sensor_config, scenario, secs, rate } => {
+        Task::Bench { rounds, execs, connects, requests, sensor_config, scenario, secs, rate } => {
             require_root("cargo xtask bench")?;
             let binary = build()?;
             match scenario.as_str() {
-                "storms" => bench::run(&binary, rounds, execs, connects, sensor_config.as_deref()),
+                "storms" => bench::run(&binary, rounds, execs, connects, requests, sensor_config.as_deref()),
                 "agent-load" => bench_agent::run(&binary, secs, rate, sensor_config.as_deref()),
                 other => bail!("unknown --scenario {other:?}: use storms or agent-load"),
             }

@@ -392,16 +392,30 @@ fn good_line(line: &[u8], end: u64) -> Option<GoodLine> {
     Some(GoodLine { seq: meta.seq, hash: sealed.hash, prev_hash: sealed.prev_hash, end, checkpoint_reason })
 }
 
+/// Reads the file line by line from its start, because the first intact
+/// record is normally the first line and the file can be large.
 fn first_good_seq(path: &Path) -> Result<Option<u64>, RecoveryError> {
-    let bytes = std::fs::read(path).map_err(|source| RecoveryError::Read { path: path.to_owned(), source })?;
+    use io::BufRead as _;
+
+    let error = |source| RecoveryError::Read { path: path.to_owned(), source };
+    let mut reader = io::BufReader::new(File::open(path).map_err(error)?);
+    let mut line = Vec::new();
     let mut offset = 0;
-    for line in bytes.split(|&b| b == b'\n') {
-        offset += line.len() as u64 + 1;
-        if let Some(good) = good_line(line, offset) {
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(error)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        offset += read as u64;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        // `end` counts the newline, as the whole-file scan does, also for a
+        // last line that lacks one.
+        let end = offset + u64::from(text.len() == line.len());
+        if let Some(good) = good_line(text, end) {
             return Ok(Some(good.seq));
         }
     }
-    Ok(None)
 }
 
 fn torn_region(path: &Path, offset: u64, end: u64, in_active: bool) -> Result<TornRegion, RecoveryError> {
