@@ -52,6 +52,10 @@ pub struct ProbesConfig {
     /// request. Libraries elsewhere, in containers for example, are hooked
     /// when a process maps them. Missing directories are skipped.
     pub tls_library_dirs: Vec<PathBuf>,
+    /// Capture TLS plaintext with uprobes on OpenSSL-compatible libraries.
+    /// Off, LLM calls over TLS are known by their ClientHello only, and no
+    /// application data is read.
+    pub tls_plaintext: bool,
     /// Bytes of TLS plaintext copied per `SSL_read`/`SSL_write` call; longer
     /// calls are cut and marked truncated. At most 16383.
     pub tls_max_bytes: u32,
@@ -85,6 +89,7 @@ impl Default for ProbesConfig {
             argv_max_bytes: 4095,
             tls_max_bytes: 16383,
             tls_executables: ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"].into_iter().map(PathBuf::from).collect(),
+            tls_plaintext: true,
             tls_library_dirs: [
                 "/usr/lib/x86_64-linux-gnu",
                 "/usr/lib/aarch64-linux-gnu",

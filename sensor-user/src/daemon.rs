@@ -83,7 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             LlmConfig { max_buffer_bytes: config.llm.max_buffer_bytes, max_streams: config.llm.max_streams },
             fingerprint_key,
         ),
-        uprobes: UprobeManager::new(config.process.procfs_path.clone(), uprobes_loaded),
+        uprobes: UprobeManager::new(config.process.procfs_path.clone(), uprobes_loaded, config.probes.tls_plaintext),
         tracked: probes.tracked.take(),
         connections: Default::default(),
         connection_fds: Default::default(),

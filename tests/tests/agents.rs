@@ -876,6 +876,30 @@ fn copy_with_libraries(root: &Path, binary: &Path) -> Vec<String> {
 }
 
 #[test]
+fn plaintext_capture_switched_off() {
+    require_sensor!();
+    let server = LlmServer::start(&[]);
+    let sensor = Sensor::start("[probes]\ntls_plaintext = false\n");
+    let pid = run_openai_python(&server, "sk-test-plaintext-off", "list the files", &[]).pid;
+
+    let hello = expect_of(&sensor, pid, "tls.hello of the Python client", for_pid("tls.hello", pid));
+    assert_eq!(hello["tls"]["sni"], "api.openai.com", "{hello}");
+    assert_eq!(hello["tls"]["plaintext"]["available"], false, "{hello}");
+    let reason = hello["tls"]["plaintext"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("probes.tls_plaintext"), "{hello}");
+    expect_of(&sensor, pid, "agent.detected by SNI", |r| {
+        is_kind_for_pid(r, "agent.detected", pid) && r["detection"]["signal"] == "sni"
+    });
+    // The client has exited, so all its records are in.
+    let records = sensor.records();
+    assert!(!records.iter().any(|r| r["kind"] == "sensor.tls_hooked"), "nothing is hooked");
+    assert!(
+        !records.iter().any(|r| is_kind_for_pid(r, "llm.request", pid)),
+        "no plaintext, so no request record"
+    );
+}
+
+#[test]
 fn library_dir_hooked_before_start() {
     require_sensor!();
     // A fresh copy is a file no process maps, so only the start-up hook of

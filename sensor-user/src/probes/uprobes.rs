@@ -53,11 +53,20 @@ pub struct UprobeManager {
     /// Whether each scanned process maps a hooked file, by pid.
     processes: HashMap<u32, bool>,
     enabled: bool,
+    /// Why `enabled` is false.
+    off_reason: &'static str,
 }
 
 impl UprobeManager {
-    pub fn new(procfs: PathBuf, enabled: bool) -> Self {
-        Self { procfs, enabled, ..Default::default() }
+    /// `loaded` says whether the uprobe programs loaded; `wanted` is
+    /// `probes.tls_plaintext`.
+    pub fn new(procfs: PathBuf, loaded: bool, wanted: bool) -> Self {
+        let off_reason = if !wanted {
+            "TLS plaintext capture is off (probes.tls_plaintext = false)"
+        } else {
+            "TLS plaintext probes are unavailable on this host (see sensor.degraded)"
+        };
+        Self { procfs, enabled: loaded && wanted, off_reason, ..Default::default() }
     }
 
     /// Checks every file `pid` maps and hooks the OpenSSL-compatible ones;
@@ -169,7 +178,7 @@ impl UprobeManager {
     /// mapped files is hooked.
     pub fn plaintext_unavailable(&self, pid: u32) -> Option<&'static str> {
         if !self.enabled {
-            return Some("TLS plaintext probes are unavailable on this host (see sensor.degraded)");
+            return Some(self.off_reason);
         }
         match self.processes.get(&pid) {
             Some(true) => None,
