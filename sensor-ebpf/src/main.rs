@@ -784,6 +784,19 @@ fn try_send(ctx: &TracePointContext) {
     };
     note_tls_fd(pid_tgid, fd);
 
+    if syscall == nr.sendto {
+        // SAFETY: offsets 48 and 56 are addr and addr_len in sendto's record.
+        let (addr, addr_len) = unsafe { (ctx.read_at::<u64>(48).unwrap_or(0), ctx.read_at::<u64>(56).unwrap_or(0)) };
+        if addr != 0 && addr_len >= 16 && sendto_dns(pid_tgid, fd, addr, arg1, arg2) {
+            return;
+        }
+    }
+    // Most writes are to files, pipes and sockets past their first bytes:
+    // they stop here, before any user memory is read.
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+    if WATCHED.get_ptr_mut(&key).is_none() {
+        return;
+    }
     let (buffer, len) = if syscall == nr.sendmsg {
         first_iovec_of_msghdr(arg1)
     } else if syscall == nr.sendmmsg {
@@ -794,13 +807,6 @@ fn try_send(ctx: &TracePointContext) {
     } else {
         (arg1, arg2)
     };
-    if syscall == nr.sendto {
-        // SAFETY: offsets 48 and 56 are addr and addr_len in sendto's record.
-        let (addr, addr_len) = unsafe { (ctx.read_at::<u64>(48).unwrap_or(0), ctx.read_at::<u64>(56).unwrap_or(0)) };
-        if addr != 0 && addr_len >= 16 && sendto_dns(pid_tgid, fd, addr, buffer, len) {
-            return;
-        }
-    }
     capture_write(pid_tgid, fd, buffer, len);
 }
 
