@@ -296,6 +296,9 @@ fn head_value<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
 fn log_record(frame: Frame, now_ns: u64) -> LogRecord {
     // The chain suffix has a fixed layout: the hash's 64 digits end three
     // bytes before the line does.
+    // NOTE: true of native lines only. An OCSF evidence file nests the
+    // integrity object in `unmapped`, so its exported logs carry no hash or
+    // kind attribute; the body is still the exact line, which verifies.
     let hash = frame
         .line
         .len()
