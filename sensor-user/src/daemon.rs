@@ -126,7 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // Bound before `sensor.start`, so a client that sees that record can
-    // connect; the loop answers once it runs.
+    // connect; the loop replies once it runs.
     let (mut metrics_requests, metrics_problem) = match config.metrics.enabled {
         true => match start_metrics(&config.metrics.listen).await {
             Ok(requests) => (Some(requests), None),

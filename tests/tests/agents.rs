@@ -792,9 +792,9 @@ fn dns_name_on_connect() {
         "{detected}"
     );
 
-    // The answer names the address in the client's network namespace only:
-    // a process in the same namespace that connects to it later gets the
-    // name, one in a namespace of its own does not.
+    // The DNS answer names the address in the client's network namespace
+    // only. A later connect to it from the same namespace gets the name, and
+    // one from a namespace of its own does not.
     let same_namespace = run_client(
         Command::new(workload_binary()).args(["connect", "tcp", "block", address.as_str(), "443"]),
         CLIENT_TIMEOUT,

@@ -298,7 +298,7 @@ fn log_record(frame: Frame, now_ns: u64) -> LogRecord {
     // bytes before the line does.
     // NOTE: true of native lines only. An OCSF evidence file nests the
     // integrity object in `unmapped`, so its exported logs carry no hash or
-    // kind attribute; the body is still the exact line, which verifies.
+    // kind attribute. The body is still the exact line, which verifies.
     let hash = frame
         .line
         .len()

@@ -359,11 +359,11 @@ pub struct LlmResponse {
     /// Body length, as for `LlmRequest::body_bytes`.
     pub body_bytes: usize,
     /// Content-Encoding of the body. JSON bodies in gzip or deflate are
-    /// decoded (to the capture bound) before their fields are read; other
-    /// codings, and compressed event streams, are hashed only.
+    /// decoded, up to the capture bound, before their fields are read.
+    /// Other codings and compressed event streams are hashed only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_encoding: Option<String>,
-    /// Why a gzip or deflate body could not be decoded.
+    /// The reason a gzip or deflate body could not be decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_error: Option<String>,
     /// Bytes were lost, an event was larger than the buffer limit, or more

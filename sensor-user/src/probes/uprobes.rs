@@ -53,20 +53,20 @@ pub struct UprobeManager {
     /// Whether each scanned process maps a hooked file, by pid.
     processes: HashMap<u32, bool>,
     enabled: bool,
-    /// Why `enabled` is false.
+    /// The reason plaintext is unavailable when `enabled` is false.
     off_reason: &'static str,
 }
 
 impl UprobeManager {
-    /// `loaded` says whether the uprobe programs loaded; `wanted` is
-    /// `probes.tls_plaintext`.
-    pub fn new(procfs: PathBuf, loaded: bool, wanted: bool) -> Self {
-        let off_reason = if !wanted {
+    /// Creates the manager. `loaded` is whether the uprobe programs loaded,
+    /// and `capture_plaintext` is the `probes.tls_plaintext` setting.
+    pub fn new(procfs: PathBuf, loaded: bool, capture_plaintext: bool) -> Self {
+        let off_reason = if !capture_plaintext {
             "TLS plaintext capture is off (probes.tls_plaintext = false)"
         } else {
             "TLS plaintext probes are unavailable on this host (see sensor.degraded)"
         };
-        Self { procfs, enabled: loaded && wanted, off_reason, ..Default::default() }
+        Self { procfs, enabled: loaded && capture_plaintext, off_reason, ..Default::default() }
     }
 
     /// Checks every file `pid` maps and hooks the OpenSSL-compatible ones;
@@ -145,10 +145,10 @@ impl UprobeManager {
         }
     }
 
-    /// Records that `pid` runs the executable with kernel device number `dev`
-    /// and inode `inode`. When that file is hooked, its plaintext is captured
-    /// whether or not the memory map can still be read: a short Node.js run
-    /// often exits before the daemon gets to it.
+    /// Notes the executable `pid` runs (kernel device number `dev`, inode
+    /// `inode`) and returns whether that file is hooked. A hooked file's
+    /// plaintext is captured even when the process exits before the daemon
+    /// reads its memory map, as short Node.js runs often do.
     pub fn note_executable(&mut self, pid: u32, dev: u32, inode: u64) -> bool {
         let id = (libc::makedev(dev >> 20, dev & 0xfffff), inode);
         let hooked = self.enabled && inode != 0 && self.hooked.contains(&id);
@@ -167,7 +167,7 @@ impl UprobeManager {
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libssl") && n.contains(".so")))
+            .filter(|path| path.to_str().is_some_and(|p| may_hold_openssl(p) && p.contains(".so")))
             .collect();
         // Sorted so the record names the same path on every start.
         paths.sort();

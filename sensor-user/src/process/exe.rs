@@ -310,8 +310,8 @@ mod tests {
         assert_eq!(resolver.resolve(1, first, Some(path), None).sha256.as_deref(), Some(abc));
 
         // Rewritten in place: same inode, new size and time. A process that
-        // executed the first version is still reported with its hash, which
-        // the file no longer has; one that executed the new version gets the
+        // executed the first version keeps that version's hash, although the
+        // file no longer has it. One that executed the new version gets the
         // new hash.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&file, b"abcd").unwrap();

@@ -263,6 +263,7 @@ impl Sinks {
     fn append_to_chain(&mut self, index: usize, seq: u64, signer: Option<&Signer>) -> Result<(), SinkError> {
         let Sinks { chains, line, rendered, file, stdout, export, .. } = self;
         let chain = &mut chains[index];
+
         rendered.clear();
         let hash = match chain.format {
             OutputFormat::Native => {
@@ -281,6 +282,7 @@ impl Sinks {
             }
         };
         rendered.push(b'\n');
+
         if let (true, Some(file)) = (chain.to_file, file.as_mut()) {
             file.append(rendered, seq)?;
         }
@@ -380,12 +382,12 @@ impl Sinks {
         Ok(())
     }
 
-    /// The export stage's channel, when export is on.
+    /// Returns the export stage's channel, when export is on.
     pub fn export(&self) -> Option<&crate::export::ExportQueue> {
         self.export.as_ref()
     }
 
-    /// The export stage's channel, when export is on.
+    /// Returns the export stage's channel for changes, when export is on.
     pub fn export_mut(&mut self) -> Option<&mut crate::export::ExportQueue> {
         self.export.as_mut()
     }
@@ -402,7 +404,7 @@ impl Sinks {
     /// the evidence file to disk whatever `evidence.fsync` is set to.
     pub fn close(&mut self) -> Result<(), SinkError> {
         self.checkpoint(Reason::Shutdown)?;
-        // Closing the channel tells the export task to finish.
+        // Closing the channel ends the export task once it has drained.
         self.export = None;
         self.flush()?;
         if let Some(file) = &mut self.file {
