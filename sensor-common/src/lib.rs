@@ -211,6 +211,10 @@ pub const CONNECT_FLAG_PENDING: u32 = 1 << 1;
 /// The connect returned EINPROGRESS but the handshake ended while the call
 /// was still running, so `async_result` already contains the outcome.
 pub const CONNECT_FLAG_ASYNC_DONE: u32 = 1 << 2;
+/// A datagram socket's connect, seen at its first send rather than at the
+/// connect call (the socket tracepoints have no hook in a datagram
+/// connect); `sockaddr` is the peer the kernel holds.
+pub const CONNECT_FLAG_FIRST_SEND: u32 = 1 << 3;
 
 /// An IPv4 or IPv6 `connect` call and its return value.
 #[repr(C)]
@@ -454,6 +458,27 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
     pub net_ns_inum: u32,
+
+    /// Where the user registers saved at syscall entry keep the syscall
+    /// number and its six arguments. With them, socket tracepoints read
+    /// the arguments of the send, receive or connect they fire inside, so
+    /// no syscall tracepoint (which slows every syscall on the host) is
+    /// needed.
+    pub regs_ok: u32,
+    pub regs_nr: u32,
+    pub regs_args: [u32; 6],
+    /// `file::f_flags`, for O_NONBLOCK on a connecting socket.
+    pub file_f_flags: u32,
+    /// `struct sock` fields of a connected datagram socket's peer.
+    pub sock_family: u32,
+    pub sock_dport: u32,
+    pub sock_daddr: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_type: u32,
+    /// `k_sigaction` fields: a signal handled without SA_RESTART makes a
+    /// blocking connect return EINTR.
+    pub sigaction_handler: u32,
+    pub sigaction_flags: u32,
 }
 
 /// Settings the daemon writes into the programs' read-only data before load.
@@ -478,6 +503,11 @@ pub struct ProgramConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallNumbers {
+    pub write: u32,
+    pub read: u32,
+    pub connect: u32,
+    pub recvfrom: u32,
+    pub recvmsg: u32,
     pub sendto: u32,
     pub sendmsg: u32,
     pub sendmmsg: u32,
@@ -501,6 +531,11 @@ impl Default for SyscallNumbers {
 impl SyscallNumbers {
     /// Numbers that match no syscall, for a build that sets none.
     pub const NONE: SyscallNumbers = SyscallNumbers {
+        write: u32::MAX,
+        read: u32::MAX,
+        connect: u32::MAX,
+        recvfrom: u32::MAX,
+        recvmsg: u32::MAX,
         sendto: u32::MAX,
         sendmsg: u32::MAX,
         sendmmsg: u32::MAX,
@@ -558,7 +593,7 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 68 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
 const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());

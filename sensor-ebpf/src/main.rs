@@ -17,9 +17,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
-            bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_ringbuf_output,
-            bpf_ringbuf_query,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_ringbuf_output, bpf_ringbuf_query, bpf_task_pt_regs,
         },
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
@@ -70,6 +70,22 @@ static PENDING_CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_
 #[map]
 static WATCHED: LruHashMap<u64, WatchedSocket> = LruHashMap::with_max_entries(16384, 0);
 
+/// Blocking TCP connects between the SYN and the handshake's end, keyed by
+/// the socket's kernel address: the record waits here for its result.
+#[map]
+static BLOCKED_CONNECTS: LruHashMap<u64, ConnectEvent> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket each thread is blocked connecting, keyed by pid_tgid, so a
+/// signal that interrupts the connect can be told apart.
+#[map]
+static BLOCKED_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Connected datagram sockets already reported, keyed by the socket's
+/// kernel address and its inode number (addresses are reused, inodes are
+/// not while the host is up).
+#[map]
+static DATAGRAM_SEEN: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// Processes in agent trees, keyed by tgid: filled by the daemon when it
 /// recognises an agent, inherited at fork, removed at exit.
 #[map]
@@ -109,6 +125,7 @@ static TLS_FDS: LruHashMap<[u64; 2], i32> = LruHashMap::with_max_entries(16384, 
 
 const EINPROGRESS: i32 = 115;
 const EINTR: i32 = 4;
+const ECONNABORTED: i32 = 103;
 /// Kernel-internal restart codes (ERESTARTSYS to ERESTART_RESTARTBLOCK)
 /// that a syscall exit tracepoint sees when a signal interrupts connect;
 /// the caller sees EINTR or a restarted call.
@@ -127,6 +144,10 @@ const DNS_PORT: u16 = 53;
 const DNS_MAX_PACKETS: u32 = 32;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const O_NONBLOCK: u32 = 0o4000;
+const SA_RESTART: u64 = 0x1000_0000;
+const SIG_IGN: u64 = 1;
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
 
@@ -715,17 +736,24 @@ fn try_sock_state(ctx: &TracePointContext) {
     if old_state != TCP_SYN_SENT || new_state == TCP_SYN_SENT {
         return;
     }
-    let Some(pending) = PENDING_CONNECTS.get_ptr_mut(&sock) else {
-        return;
-    };
-    // SAFETY: the pointer is to a live map value.
-    let pending = unsafe { &mut *pending };
     let result = if new_state == TCP_ESTABLISHED {
         0
     } else {
         let err: i32 = read_kernel(sock, offsets().sock_err);
         if err > 0 { -err } else { -1 }
     };
+    try_sock_state_result(sock, result);
+}
+
+/// Hands a handshake's outcome to the connect that waits for it: kept for
+/// the syscall exit while the connect call runs, sent as its own record
+/// after the call returned.
+fn try_sock_state_result(sock: u64, result: i32) {
+    let Some(pending) = PENDING_CONNECTS.get_ptr_mut(&sock) else {
+        return;
+    };
+    // SAFETY: the pointer is to a live map value.
+    let pending = unsafe { &mut *pending };
     if pending.state == PENDING_IN_SYSCALL {
         pending.result = result;
         pending.done = 1;
@@ -1073,6 +1101,385 @@ pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
     output(EventKind::File, event);
     let _ = FILE_ARGS.remove(&pid_tgid);
     let _ = FILE_PATHS.remove(&pid_tgid);
+    0
+}
+
+// Socket tracepoints. A syscall tracepoint, once attached, sends every
+// syscall of every process on the host through the kernel's slow syscall
+// path (about 55 ns more per call on the reference VM), whether or not its
+// program cares about that call. The programs below hook the socket layer
+// instead and read the arguments of the syscall they fire inside from the
+// user registers saved at its entry, so hosts without agents run no
+// syscall tracepoint at all. The syscall programs above stay as the
+// fallback for kernels where these cannot load.
+
+/// The user registers of the current syscall, or 0 when the offsets are
+/// missing. Not a syscall (io_uring, kernel sockets) shows up as a number
+/// the callers do not match.
+#[inline(always)]
+fn syscall_registers(off: &KernelOffsets) -> u64 {
+    if off.regs_ok == 0 {
+        return 0;
+    }
+    // SAFETY: both helpers take the current task, which is always valid.
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
+}
+
+#[inline(always)]
+fn syscall_number(regs: u64, off: &KernelOffsets) -> u32 {
+    // u32::MAX, a number no syscall has, when the read fails.
+    if regs == 0 {
+        return u32::MAX;
+    }
+    let mut nr: u32 = u32::MAX;
+    // SAFETY: the helper checks the kernel address.
+    unsafe { bpf_probe_read_kernel((&mut nr as *mut u32).cast(), 4, (regs + off.regs_nr as u64) as *const _) };
+    nr
+}
+
+#[inline(always)]
+fn syscall_arg(regs: u64, off: &KernelOffsets, index: usize) -> u64 {
+    let offset = match off.regs_args.get(index) {
+        Some(offset) => *offset,
+        None => return 0,
+    };
+    read_kernel(regs, offset)
+}
+
+/// `sock_send_length(sk, ret, flags)`: after every send on a socket, in the
+/// sender's context. Copies the first writes of watched sockets, the DNS
+/// queries, and reports a connected datagram socket's first send.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
+    try_sock_send(&ctx);
+    0
+}
+
+fn try_sock_send(ctx: &RawTracePointContext) {
+    // SAFETY: the tracepoint's arguments are (struct sock *, int, int).
+    let (sk, sent) = unsafe {
+        let args = ctx.as_ptr() as *const u64;
+        (*args, *args.add(1) as i32)
+    };
+    if sent <= 0 {
+        return;
+    }
+    let off = offsets();
+    let regs = syscall_registers(&off);
+    let syscall = syscall_number(regs, &off);
+    let nr = config().syscalls;
+    if syscall != nr.write && syscall != nr.sendto && syscall != nr.sendmsg && syscall != nr.sendmmsg && syscall != nr.writev {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = syscall_arg(regs, &off, 0) as i32;
+    let arg1 = syscall_arg(regs, &off, 1);
+    let arg2 = syscall_arg(regs, &off, 2);
+    note_tls_fd(pid_tgid, fd);
+
+    let sock_type: u16 = read_kernel(sk, off.sock_type);
+    if sock_type == SOCK_DGRAM {
+        if syscall == nr.sendto {
+            let addr = syscall_arg(regs, &off, 4);
+            let addr_len = syscall_arg(regs, &off, 5);
+            if addr != 0 && addr_len >= 16 {
+                let len = if (sent as u64) < arg2 { sent as u64 } else { arg2 };
+                sendto_dns(pid_tgid, fd, addr, arg1, len);
+                return;
+            }
+        }
+        first_datagram(pid_tgid, sk, fd, &off);
+    }
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+    if WATCHED.get_ptr_mut(&key).is_none() {
+        return;
+    }
+    let (buffer, len) = if syscall == nr.sendmsg || syscall == nr.sendmmsg {
+        first_iovec_of_msghdr(arg1)
+    } else if syscall == nr.writev {
+        first_iovec(arg1)
+    } else {
+        (arg1, arg2)
+    };
+    // Only what the kernel took was sent.
+    let len = if (sent as u64) < len { sent as u64 } else { len };
+    capture_write(pid_tgid, fd, buffer, len);
+}
+
+/// Reports the first send on a connected datagram socket as its connect,
+/// and starts copying it when it is a DNS socket.
+fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
+    let dport: u16 = read_kernel(sk, off.sock_dport);
+    if dport == 0 {
+        return;
+    }
+    let family: u16 = read_kernel(sk, off.sock_family);
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let (inode, _) = socket_inode_of_fd(task, fd, off);
+    let key = [sk, inode];
+    // SAFETY: the value is only tested.
+    if unsafe { DATAGRAM_SEEN.get(&key) }.is_some() {
+        return;
+    }
+    let _ = DATAGRAM_SEEN.insert(&key, &1, 0);
+    let mut event = ConnectEvent {
+        header: current_header(EventKind::Connect, task, off),
+        result: 0,
+        async_result: 0,
+        fd,
+        sock_type: SOCK_DGRAM,
+        family,
+        // SAFETY: the helper has no preconditions.
+        connect_id: unsafe { bpf_ktime_get_ns() },
+        sockaddr: [0; SOCKADDR_CAPACITY],
+        addr_len: 16,
+        netns: net_namespace(task, off),
+        _pad: 0,
+    };
+    event.header.flags |= CONNECT_FLAG_FIRST_SEND;
+    let port = dport.to_ne_bytes();
+    let family_bytes = family.to_ne_bytes();
+    event.sockaddr[0] = family_bytes[0];
+    event.sockaddr[1] = family_bytes[1];
+    event.sockaddr[2] = port[0];
+    event.sockaddr[3] = port[1];
+    if family == AF_INET {
+        let address: [u8; 4] = read_kernel(sk, off.sock_daddr);
+        event.sockaddr[4..8].copy_from_slice(&address);
+    } else {
+        let address: [u8; 16] = read_kernel(sk, off.sock_v6_daddr);
+        event.sockaddr[8..24].copy_from_slice(&address);
+        event.addr_len = 28;
+    }
+    if u16::from_be(dport) == DNS_PORT {
+        let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+        let watched = WatchedSocket {
+            connect_id: event.connect_id,
+            kind: PAYLOAD_DATAGRAM_OUT,
+            writes: 0,
+            bytes: 0,
+            port: DNS_PORT,
+            _pad: 0,
+        };
+        let _ = WATCHED.insert(&key, &watched, 0);
+    }
+    output(EventKind::Connect, &event);
+}
+
+/// The inode number and open-file flags of the file behind `fd`, zeros
+/// when the descriptor is out of range.
+fn socket_inode_of_fd(task: u64, fd: i32, off: &KernelOffsets) -> (u64, u32) {
+    let file = file_of_fd(task, fd, off);
+    let inode: u64 = read_kernel(file, off.file_inode);
+    (read_kernel(inode, off.inode_ino), read_kernel(file, off.file_f_flags))
+}
+
+#[inline(always)]
+fn file_of_fd(task: u64, fd: i32, off: &KernelOffsets) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    let files: u64 = read_kernel(task, off.task_files);
+    let fdt: u64 = read_kernel(files, off.files_fdt);
+    let max_fds: u32 = read_kernel(fdt, off.fdtable_max_fds);
+    if fd as u32 >= max_fds {
+        return 0;
+    }
+    let fd_array: u64 = read_kernel(fdt, off.fdtable_fd);
+    read_kernel(fd_array, fd as u32 * 8)
+}
+
+/// `sock_recv_length(sk, ret, flags)`: after every receive on a socket.
+/// Copies the answers read from DNS sockets.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: the tracepoint's arguments are (struct sock *, int, int).
+    let received = unsafe { *(ctx.as_ptr() as *const u64).add(1) as i32 };
+    if received <= 0 {
+        return 0;
+    }
+    let off = offsets();
+    let regs = syscall_registers(&off);
+    let syscall = syscall_number(regs, &off);
+    let nr = config().syscalls;
+    if syscall != nr.recvfrom && syscall != nr.read && syscall != nr.recvmsg {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = syscall_arg(regs, &off, 0) as i32;
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
+    // SAFETY: the value is copied out at once.
+    let Some(watched) = (unsafe { WATCHED.get(&key) }).copied() else {
+        return 0;
+    };
+    if watched.kind != PAYLOAD_DATAGRAM_OUT {
+        return 0;
+    }
+    let arg1 = syscall_arg(regs, &off, 1);
+    let (buffer, len) = if syscall == nr.recvmsg { first_iovec_of_msghdr(arg1) } else { (arg1, received as u64) };
+    let len = if (received as u64) < len { received as u64 } else { len };
+    send_payload(pid_tgid, fd, watched.connect_id, PAYLOAD_DATAGRAM_IN, DNS_PORT, 0, buffer, len);
+    0
+}
+
+/// `inet_sock_set_state(sk, oldstate, newstate)`: TCP connects seen from
+/// the socket's state. CLOSE to SYN_SENT happens inside the connect call,
+/// whose arguments the saved registers give; the end of SYN_SENT is the
+/// handshake's outcome, which is a blocking connect's result.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tcp_state_change(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: the tracepoint's arguments are (struct sock *, int, int).
+    let (sk, old_state, new_state) = unsafe {
+        let args = ctx.as_ptr() as *const u64;
+        (*args, *args.add(1) as i32, *args.add(2) as i32)
+    };
+    if old_state == TCP_CLOSE && new_state == TCP_SYN_SENT {
+        connect_started(sk);
+    } else if old_state == TCP_SYN_SENT && new_state != TCP_SYN_SENT {
+        handshake_ended(sk, new_state);
+    }
+    0
+}
+
+fn connect_started(sk: u64) {
+    let off = offsets();
+    let regs = syscall_registers(&off);
+    if syscall_number(regs, &off) != config().syscalls.connect {
+        return;
+    }
+    let fd = syscall_arg(regs, &off, 0) as i32;
+    let uaddr = syscall_arg(regs, &off, 1);
+    let addr_len = syscall_arg(regs, &off, 2) as u32;
+    let mut event = ConnectEvent {
+        // SAFETY: the helper has no preconditions.
+        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, &off),
+        result: 0,
+        async_result: 0,
+        fd,
+        sock_type: SOCK_STREAM,
+        family: 0,
+        // SAFETY: the helper has no preconditions.
+        connect_id: unsafe { bpf_ktime_get_ns() },
+        sockaddr: [0; SOCKADDR_CAPACITY],
+        addr_len,
+        netns: 0,
+        _pad: 0,
+    };
+    // The kernel accepted this sockaddr, so its first 16 bytes (24 for
+    // IPv6, the shortest sockaddr_in6 the kernel takes) are readable.
+    // SAFETY: the helper validates the user address.
+    if unsafe { bpf_probe_read_user(event.sockaddr.as_mut_ptr().cast(), 16, uaddr as *const _) } < 0 {
+        return;
+    }
+    event.family = u16::from_ne_bytes([event.sockaddr[0], event.sockaddr[1]]);
+    if event.family == AF_INET6 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(event.sockaddr.as_mut_ptr().cast(), 24, uaddr as *const _) };
+    }
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    event.netns = net_namespace(task, &off);
+    let (_, file_flags) = socket_inode_of_fd(task, fd, &off);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let args = ConnectArgs {
+        sock: sk,
+        connect_id: event.connect_id,
+        fd,
+        sock_type: SOCK_STREAM,
+        family: event.family,
+        addr_len,
+        flags: 0,
+        sockaddr: event.sockaddr,
+        _pad: 0,
+    };
+    watch_socket(pid_tgid, &args);
+    if file_flags & O_NONBLOCK != 0 {
+        event.result = -EINPROGRESS;
+        event.header.flags |= CONNECT_FLAG_PENDING;
+        await_handshake(sk, &event);
+        output(EventKind::Connect, &event);
+    } else {
+        let _ = BLOCKED_CONNECTS.insert(&sk, &event, 0);
+        let _ = BLOCKED_THREADS.insert(&pid_tgid, &sk, 0);
+    }
+}
+
+/// Keeps the caller's identity for the record of the handshake's end.
+#[inline(always)]
+fn await_handshake(sk: u64, event: &ConnectEvent) {
+    let pending = PendingConnect {
+        pid: event.header.pid,
+        tid: event.header.tid,
+        start_time_ns: event.header.start_time_ns,
+        connect_id: event.connect_id,
+        state: PENDING_AWAITING_HANDSHAKE,
+        done: 0,
+        result: 0,
+        _pad: 0,
+    };
+    let _ = PENDING_CONNECTS.insert(&sk, &pending, 0);
+}
+
+fn handshake_ended(sk: u64, new_state: i32) {
+    let result = if new_state == TCP_ESTABLISHED {
+        0
+    } else {
+        let err: i32 = read_kernel(sk, offsets().sock_err);
+        // Closed without an error: the caller gave up (closed the socket
+        // or exited) before the handshake ended.
+        if err > 0 { -err } else { -ECONNABORTED }
+    };
+    if let Some(blocked) = BLOCKED_CONNECTS.get_ptr_mut(&sk) {
+        // SAFETY: a live map value of this program's map.
+        let event = unsafe { &mut *blocked };
+        event.result = result;
+        // SAFETY: the helper has no preconditions.
+        event.header.time_ns = unsafe { bpf_ktime_get_boot_ns() };
+        let thread = ((event.header.pid as u64) << 32) | event.header.tid as u64;
+        output(EventKind::Connect, event);
+        let _ = BLOCKED_THREADS.remove(&thread);
+        let _ = BLOCKED_CONNECTS.remove(&sk);
+        return;
+    }
+    try_sock_state_result(sk, result);
+}
+
+/// `signal_deliver(sig, info, ka)`: a handled signal without SA_RESTART
+/// makes a blocked connect return EINTR while the handshake goes on.
+#[raw_tracepoint(tracepoint = "signal_deliver")]
+pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let Some(sk) = (unsafe { BLOCKED_THREADS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let off = offsets();
+    // SAFETY: the tracepoint's arguments are (int, struct kernel_siginfo *,
+    // struct k_sigaction *).
+    let action = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
+    let handler: u64 = read_kernel(action, off.sigaction_handler);
+    let flags: u64 = read_kernel(action, off.sigaction_flags);
+    // SIG_DFL here is a fatal signal: the connect never returns.
+    if action == 0 || handler == 0 || handler == SIG_IGN || flags & SA_RESTART != 0 {
+        return 0;
+    }
+    let _ = BLOCKED_THREADS.remove(&pid_tgid);
+    let Some(blocked) = BLOCKED_CONNECTS.get_ptr_mut(&sk) else {
+        return 0;
+    };
+    // SAFETY: a live map value of this program's map.
+    let event = unsafe { &mut *blocked };
+    event.result = -EINTR;
+    event.header.flags |= CONNECT_FLAG_PENDING;
+    // SAFETY: the helper has no preconditions.
+    event.header.time_ns = unsafe { bpf_ktime_get_boot_ns() };
+    await_handshake(sk, event);
+    output(EventKind::Connect, event);
+    let _ = BLOCKED_CONNECTS.remove(&sk);
     0
 }
 

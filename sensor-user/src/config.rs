@@ -74,6 +74,15 @@ pub struct ProbesConfig {
     /// Program names not to attach (see `sensor.start` for the names), for
     /// operators who accept the lost visibility; each is reported degraded.
     pub disabled_hooks: Vec<String>,
+    /// Where connects, first writes and DNS are seen: `tracepoints` (socket
+    /// tracepoints, falling back to syscalls on kernels without them) or
+    /// `syscalls` (syscall tracepoints, which slow every syscall on the host
+    /// but also see connects that fail before a packet is sent).
+    pub socket_hooks: SocketHooks,
+    /// When the file-operation hooks of agent trees run: `agents` (only
+    /// while an agent is being followed, since they are syscall tracepoints
+    /// that slow every syscall on the host) or `always`.
+    pub file_hooks: FileHooks,
     /// Raw BTF of the running kernel, the source of struct offsets.
     pub btf_path: PathBuf,
     /// Mount point of tracefs, where it is mounted when absent.
@@ -106,6 +115,8 @@ impl Default for ProbesConfig {
             drain_interval_ms: 20,
             loss_check_interval_ms: 1000,
             disabled_hooks: Vec::new(),
+            socket_hooks: SocketHooks::Tracepoints,
+            file_hooks: FileHooks::Agents,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
             bpffs_path: PathBuf::from("/sys/fs/bpf"),
@@ -272,6 +283,22 @@ impl Default for OutputConfig {
             evidence_format: OutputFormat::Native,
         }
     }
+}
+
+/// The kernel hooks that see sockets (`probes.socket_hooks`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketHooks {
+    Tracepoints,
+    Syscalls,
+}
+
+/// When the file-operation hooks run (`probes.file_hooks`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileHooks {
+    Agents,
+    Always,
 }
 
 /// The form of the records a sink writes.

@@ -85,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         uprobes: UprobeManager::new(config.process.procfs_path.clone(), uprobes_loaded, config.probes.tls_plaintext),
         tracked: probes.tracked.take(),
+        tracking_started: false,
         connections: Default::default(),
         connection_fds: Default::default(),
         tls_scanned: Default::default(),
@@ -141,7 +142,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sensor: Some(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
-            "hooks": { "attached": probes.report.attached, "degraded": probes.report.degraded },
+            "hooks": {
+                "attached": probes.report.attached,
+                "degraded": probes.report.degraded,
+                "deferred": probes.report.deferred,
+                "socket_hooks": probes.socket_mode,
+            },
             "mounted": probes.report.mounted,
             "processes_scanned": scanned_count,
             "ring_buffer_bytes": config.probes.ring_buffer_bytes,
@@ -234,10 +240,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if drained < BATCH {
                     guard.clear_ready();
                 }
+                pipeline.sync_file_hooks(&mut probes)?;
                 pipeline.sinks.flush()?;
             }
             _ = drain_timer.tick() => {
                 while pipeline.drain(ring.get_mut(), &mut probes, BATCH)? == BATCH {}
+                pipeline.sync_file_hooks(&mut probes)?;
                 pipeline.sinks.flush()?;
             }
             _ = loss_timer.tick() => {
@@ -248,7 +256,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 crate::metrics::answer(request, &pipeline, &probes, ingest.as_ref());
             }
             _ = flush_timer.tick() => pipeline.sinks.flush()?,
-            _ = gc_timer.tick() => pipeline.collect_garbage()?,
+            _ = gc_timer.tick() => {
+                pipeline.collect_garbage()?;
+                pipeline.release_file_hooks(&mut probes)?;
+            }
             _ = evidence_timer.tick() => pipeline.sinks.tick()?,
             Some(reports) = next_reports(&mut ingest) => pipeline.on_reports(reports),
             _ = reconcile_timer.tick() => pipeline.reconcile_tick()?,

@@ -297,10 +297,22 @@ pub fn argv(record: &Value) -> Vec<String> {
 /// Runs the workload helper with `args` and returns its standard output,
 /// failing the test when it fails.
 pub fn run_workload(args: &[&str]) -> String {
-    let output = Command::new(workload_binary())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("starting workload {args:?}: {e}"));
+    run_workload_via(&[], args)
+}
+
+/// Like [`run_workload`], but through `launcher`, a program and arguments
+/// that end by executing the workload's argument vector appended to them
+/// (`unshare --net --`, for example).
+pub fn run_workload_via(launcher: &[&str], args: &[&str]) -> String {
+    let mut command = match launcher.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(workload_binary());
+            command
+        }
+        None => Command::new(workload_binary()),
+    };
+    let output = command.args(args).output().unwrap_or_else(|e| panic!("starting workload {args:?}: {e}"));
     assert!(
         output.status.success(),
         "workload {args:?} failed with {}: {}",

@@ -805,9 +805,12 @@ fn dns_name_on_connect() {
     });
     assert_eq!(connect["dns_name"], "api.anthropic.com", "{connect}");
 
+    // The namespace's loopback is brought up so the connect sends a SYN
+    // (and is refused): the socket tracepoints do not see a connect that
+    // fails before that, such as one to a network that is down.
     let other_namespace = run_client(
         Command::new("unshare")
-            .args(["--net", "--"])
+            .args(["--net", "--", "/bin/sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
             .arg(workload_binary())
             .args(["connect", "tcp", "block", address.as_str(), "443"]),
         CLIENT_TIMEOUT,

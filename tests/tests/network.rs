@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 
 use integration_tests::{
-    argv, output_number, require_sensor, run_workload, workload_binary, ClosedPort, Sensor,
+    argv, output_number, require_sensor, run_workload, run_workload_via, workload_binary, ClosedPort, Sensor,
 };
 use serde_json::{json, Value};
 
@@ -266,10 +266,12 @@ fn refused_nonblocking_connect() {
 fn udp_connect() {
     require_sensor!();
     let sensor = Sensor::start("");
-    // A UDP connect sends nothing, so no peer is needed on the port.
+    // The workload sends one datagram after the connect, where the socket
+    // tracepoints see it; nothing needs to listen on the port.
     let output = run_workload(&["connect", "udp", "block", "127.0.0.1", "9"]);
     let pid = output_number(&output, "pid");
     assert_eq!(output_number(&output, "errno"), 0, "the connect succeeded");
+    assert_eq!(output_number(&output, "sent"), 1, "the datagram went out");
 
     let record = connect_record(&sensor, pid, 9);
     let expected = json!({
@@ -277,6 +279,7 @@ fn udp_connect() {
         "destination": {"address": "127.0.0.1", "port": 9, "family": "ipv4"},
         "result": "ok",
         "fd": output_number(&output, "fd"),
+        "seen_at": "first_send",
     });
     assert_eq!(record["network"], expected, "{record}");
 }
@@ -323,4 +326,40 @@ fn interrupted_connect_outcome() {
         r["kind"] == "net.connect_result" && r["network"]["connect_id"] == connect_id
     });
     assert_eq!(result["network"]["outcome"], "established", "{result}");
+}
+
+/// With the defaults, no syscall tracepoint is attached: each one would
+/// send every syscall on the host through the kernel's slow path.
+#[test]
+fn default_hooks_leave_syscalls_alone() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let start = sensor.expect("sensor.start", |r| r["kind"] == "sensor.start");
+    let hooks = &start["sensor"]["hooks"];
+    assert_eq!(hooks["socket_hooks"], "tracepoints", "{start}");
+    let attached: Vec<&str> = hooks["attached"].as_array().expect("attached hooks").iter().filter_map(Value::as_str).collect();
+    assert!(attached.contains(&"tcp_state_change:raw_tp/inet_sock_set_state"), "{start}");
+    assert!(attached.contains(&"sock_send_length:raw_tp/sock_send_length"), "{start}");
+    assert!(!attached.iter().any(|hook| hook.contains(":syscalls/")), "no syscall tracepoint: {start}");
+    let deferred = hooks["deferred"].to_string();
+    assert!(deferred.contains("sys_enter_file"), "the file hooks wait for an agent: {start}");
+}
+
+/// `probes.socket_hooks = "syscalls"` keeps the syscall hooks, which also
+/// see a connect that fails before any packet is sent: here, to a network
+/// namespace whose loopback is down.
+#[test]
+fn syscall_hooks_see_connect_failing_before_syn() {
+    require_sensor!();
+    let sensor = Sensor::start("[probes]\nsocket_hooks = \"syscalls\"\n");
+    let output = run_workload_via(&["unshare", "--net", "--"], &["connect", "tcp", "block", "127.0.0.1", "443"]);
+    let pid = output_number(&output, "pid");
+    assert_eq!(output_number(&output, "errno"), 101, "ENETUNREACH with loopback down");
+
+    let record = connect_record(&sensor, pid, 443);
+    assert_eq!(record["network"]["result"], "ENETUNREACH", "{record}");
+    let start = sensor.expect("sensor.start", |r| r["kind"] == "sensor.start");
+    assert_eq!(start["sensor"]["hooks"]["socket_hooks"], "syscalls", "{start}");
+    let attached = start["sensor"]["hooks"]["attached"].to_string();
+    assert!(attached.contains("sys_enter_connect:syscalls/sys_enter_connect"), "{start}");
 }

@@ -379,6 +379,11 @@ pub struct NetworkView {
     pub connect_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd: Option<i32>,
+    /// `first_send` for a datagram socket whose connect was seen at its
+    /// first send (the socket tracepoints have no hook in a datagram
+    /// connect); absent when the connect call itself was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]

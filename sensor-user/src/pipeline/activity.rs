@@ -76,10 +76,45 @@ impl Pipeline {
         let Some(session) = self.agents.agent_of(&root).map(|a| a.session.number) else { return };
         if let Some(tracked) = &mut self.tracked {
             let value = TrackedProcess { session_id: session, root_pid: root.pid, _pad: 0 };
-            if let Err(error) = tracked.insert(root.pid, value, 0) {
-                log::warn!("cannot add pid {} to the kernel's agent map: {error}", root.pid);
+            match tracked.insert(root.pid, value, 0) {
+                Ok(()) => self.tracking_started = true,
+                Err(error) => log::warn!("cannot add pid {} to the kernel's agent map: {error}", root.pid),
             }
         }
+    }
+
+    /// Attaches the file-operation hooks once an agent is followed. They
+    /// are syscall tracepoints, which slow every syscall on the host, so
+    /// they run only while there is an agent tree to watch.
+    ///
+    /// NOTE: file operations between the agent's marking and the attach
+    /// (the end of the current batch of records) are not recorded.
+    pub fn sync_file_hooks(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
+        if !std::mem::take(&mut self.tracking_started) || probes.file_hooks_attached() {
+            return Ok(());
+        }
+        match probes.attach_file_hooks() {
+            Ok(hooks) if hooks.is_empty() => Ok(()),
+            Ok(hooks) => self.emit_sensor("sensor.file_hooks", json!({ "attached": hooks, "reason": "an agent is followed" })),
+            Err(reason) => {
+                log::warn!("file hooks for the agents followed are not running: {reason}");
+                self.emit_sensor("sensor.degraded", json!({ "hook": "sys_enter_file", "reason": reason }))
+            }
+        }
+    }
+
+    /// Detaches the file-operation hooks when no process of any agent tree
+    /// is left in the kernel's map.
+    pub fn release_file_hooks(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
+        if !probes.file_hooks_attached() || self.tracking_started {
+            return Ok(());
+        }
+        let followed = self.tracked.as_ref().is_some_and(|map| map.keys().next().is_some());
+        if followed {
+            return Ok(());
+        }
+        probes.detach_file_hooks();
+        self.emit_sensor("sensor.file_hooks", json!({ "attached": [], "reason": "no agent is followed" }))
     }
 
     /// Marks a new member of an agent tree in the kernel when the kernel's
@@ -97,8 +132,9 @@ impl Pipeline {
         let value = TrackedProcess { session_id: agent.session.number, root_pid: agent.key.pid, _pad: 0 };
         if let Some(tracked) = &mut self.tracked {
             if tracked.get(&key.pid, 0).is_err() {
-                if let Err(error) = tracked.insert(key.pid, value, 0) {
-                    log::warn!("cannot add pid {} to the kernel's agent map: {error}", key.pid);
+                match tracked.insert(key.pid, value, 0) {
+                    Ok(()) => self.tracking_started = true,
+                    Err(error) => log::warn!("cannot add pid {} to the kernel's agent map: {error}", key.pid),
                 }
             }
         }

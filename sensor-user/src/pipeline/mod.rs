@@ -54,6 +54,9 @@ pub struct Pipeline {
     pub uprobes: UprobeManager,
     /// The kernel's map of agent-tree processes, when it could be opened.
     pub tracked: Option<BpfHashMap<MapData, u32, TrackedProcess>>,
+    /// An agent was marked in the kernel since the file hooks were last
+    /// checked, so they must be attached.
+    pub tracking_started: bool,
     /// Connections by process and connect id, for the records that follow
     /// a connect (ClientHello, plaintext).
     pub connections: HashMap<(u32, u64), Connection>,
@@ -250,6 +253,7 @@ impl Pipeline {
                 outcome: Some("unknown"),
                 connect_id: None,
                 fd: None,
+                seen_at: None,
             };
             self.emit(key, "net.connect_result", Clock::boot_now_ns(), None, |record| record.network = Some(network))?;
         }

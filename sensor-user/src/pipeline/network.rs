@@ -3,7 +3,7 @@
 //! from those matches.
 
 use sensor_common::{
-    ConnectEvent, ConnectResultEvent, CONNECT_FLAG_ASYNC_DONE, CONNECT_FLAG_NO_SOCKET, CONNECT_FLAG_PENDING,
+    ConnectEvent, ConnectResultEvent, CONNECT_FLAG_ASYNC_DONE, CONNECT_FLAG_FIRST_SEND, CONNECT_FLAG_NO_SOCKET, CONNECT_FLAG_PENDING,
     PAYLOAD_DATAGRAM_IN, PAYLOAD_DATAGRAM_OUT, PAYLOAD_STREAM_START, WATCHED_MAX_WRITES,
 };
 use serde_json::json;
@@ -91,6 +91,7 @@ impl Pipeline {
             outcome,
             connect_id: outcome.map(|_| connect.connect_id),
             fd: Some(connect.fd),
+            seen_at: (header.flags & CONNECT_FLAG_FIRST_SEND != 0).then_some("first_send"),
         };
         let candidate = by_address.filter(|m| m.matched_by == "port");
         self.emit(key, "net.connect", header.time_ns, Some(header.tid), |record| {
@@ -171,6 +172,7 @@ impl Pipeline {
             outcome: Some(if result.result == 0 { "established" } else { net::result_name(result.result) }),
             connect_id: Some(result.connect_id),
             fd: None,
+            seen_at: None,
         };
         self.emit(key, "net.connect_result", result.header.time_ns, Some(result.header.tid), |record| {
             record.network = Some(network)
@@ -258,6 +260,7 @@ impl Pipeline {
                 outcome: None,
                 connect_id: Some(payload.connect_id),
                 fd: Some(connection.fd),
+                seen_at: None,
             });
             let mut tls = json!({ "plaintext": plaintext });
             if let Some(hello) = &hello {

@@ -24,7 +24,7 @@ use aya::{
 };
 use sensor_common::{EventKind, ProgramConfig, SyscallNumbers, EVENT_KIND_COUNT};
 
-use crate::config::ProbesConfig;
+use crate::config::{FileHooks, ProbesConfig, SocketHooks};
 
 /// The kernel programs, embedded at build time when available.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
@@ -72,6 +72,8 @@ pub struct StartReport {
     pub attached: Vec<String>,
     pub degraded: Vec<Degraded>,
     pub mounted: Vec<String>,
+    /// Hooks loaded but attached only when needed, and when that is.
+    pub deferred: Vec<Degraded>,
 }
 
 /// Loaded and attached kernel programs. Dropping this detaches them.
@@ -85,6 +87,12 @@ pub struct Probes {
     pub tracked: Option<aya::maps::HashMap<MapData, u32, sensor_common::TrackedProcess>>,
     losses: PerCpuArray<MapData, u64>,
     pub report: StartReport,
+    /// `tracepoints` or `syscalls`: which hooks see connects and sends.
+    pub socket_mode: &'static str,
+    /// Links of the file-operation hooks while they are attached.
+    file_links: Vec<(&'static str, LinkId)>,
+    file_hooks_always: bool,
+    disabled_hooks: Vec<String>,
 }
 
 enum Hook {
@@ -99,10 +107,28 @@ const fn syscall(name: &'static str) -> Hook {
 /// Program name in the object, and every place it attaches. A program
 /// whose targets all fail is degraded; one that attaches to some targets
 /// reports the others as degraded one by one.
-const HOOKS: &[(&str, &[Hook])] = &[
+type HookGroup = &'static [(&'static str, &'static [Hook])];
+
+const PROCESS_HOOKS: HookGroup = &[
     ("sched_process_exec", &[Hook::TracePoint { category: "sched", name: "sched_process_exec" }]),
     ("sched_process_fork", &[Hook::Raw { name: "sched_process_fork" }]),
     ("sched_process_exit", &[Hook::TracePoint { category: "sched", name: "sched_process_exit" }]),
+];
+
+/// Connects, first writes and DNS from socket-layer tracepoints: no
+/// syscall tracepoint, so the rest of the host's syscalls keep their fast
+/// path. All four or none: they share the connect bookkeeping.
+const SOCKET_TRACEPOINT_HOOKS: HookGroup = &[
+    ("tcp_state_change", &[Hook::Raw { name: "inet_sock_set_state" }]),
+    ("sock_send_length", &[Hook::Raw { name: "sock_send_length" }]),
+    ("sock_recv_length", &[Hook::Raw { name: "sock_recv_length" }]),
+    ("signal_deliver", &[Hook::Raw { name: "signal_deliver" }]),
+];
+
+/// The same from syscall tracepoints: exact syscall results, including
+/// connects that fail before a packet is sent, at the price of the slow
+/// syscall path for every process on the host.
+const SOCKET_SYSCALL_HOOKS: HookGroup = &[
     ("sys_enter_connect", &[syscall("sys_enter_connect")]),
     ("sys_exit_connect", &[syscall("sys_exit_connect")]),
     ("inet_sock_set_state", &[Hook::TracePoint { category: "sock", name: "inet_sock_set_state" }]),
@@ -118,6 +144,12 @@ const HOOKS: &[(&str, &[Hook])] = &[
     ),
     ("sys_enter_recvfrom", &[syscall("sys_enter_recvfrom")]),
     ("sys_exit_recvfrom", &[syscall("sys_exit_recvfrom")]),
+];
+
+/// File operations of agent trees. No other hook sees them on kernels
+/// without BPF LSM or fentry, so they are syscall tracepoints, attached
+/// only while an agent is followed unless `probes.file_hooks` says always.
+const FILE_HOOKS: HookGroup = &[
     (
         "sys_enter_file",
         &[
@@ -153,6 +185,8 @@ const HOOKS: &[(&str, &[Hook])] = &[
         ],
     ),
 ];
+
+const ALL_GROUPS: [HookGroup; 4] = [PROCESS_HOOKS, SOCKET_TRACEPOINT_HOOKS, SOCKET_SYSCALL_HOOKS, FILE_HOOKS];
 
 impl Hook {
     fn describe(&self) -> String {
@@ -241,32 +275,23 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load { hint: load_hint(&source), source })?;
 
-        for unknown in config.disabled_hooks.iter().filter(|name| !HOOKS.iter().any(|(p, _)| p == name)) {
+        for unknown in config.disabled_hooks.iter().filter(|name| !is_hook_name(name)) {
             log::warn!("probes.disabled_hooks names {unknown}, which is not a hook of this sensor");
         }
-        for (program, targets) in HOOKS {
-            if config.disabled_hooks.iter().any(|name| name == program) {
-                report.degraded.push(Degraded {
-                    hook: (*program).to_owned(),
-                    reason: "disabled by probes.disabled_hooks".to_owned(),
-                });
-                continue;
-            }
-            if let Err(reason) = load(&mut ebpf, program, &targets[0]) {
-                log::warn!("hook {program} is not running: {reason}");
-                report.degraded.push(Degraded { hook: (*program).to_owned(), reason });
-                continue;
-            }
-            for target in targets.iter() {
-                match attach(&mut ebpf, program, target) {
-                    Ok(()) => report.attached.push(format!("{program}:{}", target.describe())),
-                    Err(reason) => {
-                        let reason = format!("{reason}{}", caps::tracefs_hint(&reason));
-                        log::warn!("hook {program} at {} is not running: {reason}", target.describe());
-                        report.degraded.push(Degraded { hook: format!("{program}:{}", target.describe()), reason });
-                    }
-                }
-            }
+        attach_group(&mut ebpf, config, PROCESS_HOOKS, &mut report);
+        let socket_mode = start_socket_hooks(&mut ebpf, config, kernel_offsets.regs_ok == 1, &mut report);
+        let mut file_links = Vec::new();
+        let file_hooks_loaded = FILE_HOOKS.iter().all(|(program, targets)| {
+            config.disabled_hooks.iter().any(|name| name == program) || load(&mut ebpf, program, &targets[0]).is_ok()
+        });
+        if config.file_hooks == FileHooks::Always || !file_hooks_loaded {
+            // A program that fails to load is reported degraded here, once.
+            file_links = attach_group(&mut ebpf, config, FILE_HOOKS, &mut report);
+        } else {
+            report.deferred.push(Degraded {
+                hook: "sys_enter_file, sys_exit_file".to_owned(),
+                reason: "attached while an agent is followed (probes.file_hooks = \"agents\"): they are syscall tracepoints, which slow every syscall on the host".to_owned(),
+            });
         }
         // Every hook refused for lack of a capability leaves a sensor that
         // records nothing, so that is an error rather than a degradation.
@@ -318,7 +343,62 @@ impl Probes {
                 None
             }
         };
-        Ok(Probes { ebpf, events: Some(events), tracked, losses, report })
+        Ok(Probes {
+            ebpf,
+            events: Some(events),
+            tracked,
+            losses,
+            report,
+            socket_mode,
+            file_links,
+            file_hooks_always: config.file_hooks == FileHooks::Always,
+            disabled_hooks: config.disabled_hooks.clone(),
+        })
+    }
+
+    /// Whether the file-operation hooks are attached now.
+    pub fn file_hooks_attached(&self) -> bool {
+        !self.file_links.is_empty()
+    }
+
+    /// Attaches the file-operation hooks for the agents now followed;
+    /// returns the targets attached, or why none could be.
+    pub fn attach_file_hooks(&mut self) -> Result<Vec<String>, String> {
+        if self.file_hooks_attached() || self.file_hooks_always {
+            return Ok(Vec::new());
+        }
+        let mut attached = Vec::new();
+        for (program, targets) in FILE_HOOKS {
+            if self.disabled_hooks.iter().any(|name| name == program) {
+                continue;
+            }
+            for target in targets.iter() {
+                match attach(&mut self.ebpf, program, target) {
+                    Ok(link) => {
+                        self.file_links.push((program, link));
+                        attached.push(format!("{program}:{}", target.describe()));
+                    }
+                    Err(reason) => {
+                        self.detach_file_hooks();
+                        return Err(format!("{program} at {}: {reason}", target.describe()));
+                    }
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Detaches the file-operation hooks once no agent is followed, so the
+    /// host's syscalls get their fast path back.
+    pub fn detach_file_hooks(&mut self) {
+        if self.file_hooks_always {
+            return;
+        }
+        for (program, link) in std::mem::take(&mut self.file_links) {
+            if let Err(reason) = detach(&mut self.ebpf, program, link) {
+                log::warn!("cannot detach {program}: {reason}");
+            }
+        }
     }
 
     /// Reads the kernel's cumulative reservation failures per event kind.
@@ -369,21 +449,121 @@ fn load(ebpf: &mut Ebpf, program: &str, kind: &Hook) -> Result<(), String> {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, hook: &Hook) -> Result<(), String> {
+/// A link of an attached program, kept to detach it later.
+#[derive(Debug)]
+enum LinkId {
+    TracePoint(aya::programs::trace_point::TracePointLinkId),
+    Raw(aya::programs::raw_trace_point::RawTracePointLinkId),
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, hook: &Hook) -> Result<LinkId, String> {
     let Some(prog) = ebpf.program_mut(program) else {
         return Err("program missing from the eBPF object".to_owned());
     };
     match hook {
         Hook::TracePoint { category, name } => {
             let tp: &mut TracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
-            tp.attach(category, name).map_err(|e| format!("attach: {}", error_chain(&e)))?;
+            tp.attach(category, name).map(LinkId::TracePoint).map_err(|e| format!("attach: {}", error_chain(&e)))
         }
         Hook::Raw { name } => {
             let tp: &mut RawTracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
-            tp.attach(name).map_err(|e| format!("attach: {}", error_chain(&e)))?;
+            tp.attach(name).map(LinkId::Raw).map_err(|e| format!("attach: {}", error_chain(&e)))
         }
     }
-    Ok(())
+}
+
+fn detach(ebpf: &mut Ebpf, program: &str, link: LinkId) -> Result<(), String> {
+    let Some(prog) = ebpf.program_mut(program) else {
+        return Err("program missing from the eBPF object".to_owned());
+    };
+    match link {
+        LinkId::TracePoint(link) => {
+            let tp: &mut TracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
+            tp.detach(link).map_err(|e| error_chain(&e))
+        }
+        LinkId::Raw(link) => {
+            let tp: &mut RawTracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
+            tp.detach(link).map_err(|e| error_chain(&e))
+        }
+    }
+}
+
+fn is_hook_name(name: &str) -> bool {
+    ALL_GROUPS.iter().any(|group| group.iter().any(|(program, _)| *program == name))
+}
+
+/// Loads and attaches every program of a group that is not disabled; a
+/// program or target that fails is reported degraded and the rest go on.
+fn attach_group(ebpf: &mut Ebpf, config: &ProbesConfig, group: HookGroup, report: &mut StartReport) -> Vec<(&'static str, LinkId)> {
+    let mut links = Vec::new();
+    for (program, targets) in group {
+        if config.disabled_hooks.iter().any(|name| name == program) {
+            report.degraded.push(Degraded { hook: (*program).to_owned(), reason: "disabled by probes.disabled_hooks".to_owned() });
+            continue;
+        }
+        if let Err(reason) = load(ebpf, program, &targets[0]) {
+            log::warn!("hook {program} is not running: {reason}");
+            report.degraded.push(Degraded { hook: (*program).to_owned(), reason });
+            continue;
+        }
+        for target in targets.iter() {
+            match attach(ebpf, program, target) {
+                Ok(link) => {
+                    report.attached.push(format!("{program}:{}", target.describe()));
+                    links.push((*program, link));
+                }
+                Err(reason) => {
+                    let reason = format!("{reason}{}", caps::tracefs_hint(&reason));
+                    log::warn!("hook {program} at {} is not running: {reason}", target.describe());
+                    report.degraded.push(Degraded { hook: format!("{program}:{}", target.describe()), reason });
+                }
+            }
+        }
+    }
+    links
+}
+
+/// Attaches the socket tracepoints, or the syscall hooks when the
+/// configuration asks for them or the kernel refuses one of the
+/// tracepoints; returns which set runs.
+fn start_socket_hooks(ebpf: &mut Ebpf, config: &ProbesConfig, registers_known: bool, report: &mut StartReport) -> &'static str {
+    if config.socket_hooks == SocketHooks::Syscalls {
+        attach_group(ebpf, config, SOCKET_SYSCALL_HOOKS, report);
+        return "syscalls";
+    }
+    let mut attached = Vec::new();
+    let mut failure = (!registers_known)
+        .then(|| "the syscall register offsets are missing from BTF (see net.socket_tracepoints)".to_owned());
+    for (program, targets) in SOCKET_TRACEPOINT_HOOKS {
+        if failure.is_some() {
+            break;
+        }
+        if config.disabled_hooks.iter().any(|name| name == program) {
+            report.degraded.push(Degraded { hook: (*program).to_owned(), reason: "disabled by probes.disabled_hooks".to_owned() });
+            continue;
+        }
+        let result = load(ebpf, program, &targets[0]).and_then(|()| attach(ebpf, program, &targets[0]));
+        match result {
+            Ok(link) => attached.push((*program, format!("{program}:{}", targets[0].describe()), link)),
+            Err(reason) => failure = Some(format!("{program}: {reason}")),
+        }
+    }
+    let Some(reason) = failure else {
+        report.attached.extend(attached.into_iter().map(|(_, name, _)| name));
+        return "tracepoints";
+    };
+    for (program, _, link) in attached {
+        if let Err(error) = detach(ebpf, program, link) {
+            log::warn!("cannot detach {program}: {error}");
+        }
+    }
+    let reason = format!(
+        "{reason}; connects, first writes and DNS come from syscall tracepoints instead, which slow every syscall on the host"
+    );
+    log::warn!("socket tracepoints are not running: {reason}");
+    report.degraded.push(Degraded { hook: "net.socket_tracepoints".to_owned(), reason });
+    attach_group(ebpf, config, SOCKET_SYSCALL_HOOKS, report);
+    "syscalls"
 }
 
 /// This architecture's numbers for the syscalls the shared programs tell
@@ -392,6 +572,11 @@ fn syscall_numbers() -> SyscallNumbers {
     let number = |n: libc::c_long| n as u32;
     #[allow(unused_mut)]
     let mut numbers = SyscallNumbers {
+        write: number(libc::SYS_write),
+        read: number(libc::SYS_read),
+        connect: number(libc::SYS_connect),
+        recvfrom: number(libc::SYS_recvfrom),
+        recvmsg: number(libc::SYS_recvmsg),
         sendto: number(libc::SYS_sendto),
         sendmsg: number(libc::SYS_sendmsg),
         sendmmsg: number(libc::SYS_sendmmsg),

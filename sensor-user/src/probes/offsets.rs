@@ -51,7 +51,45 @@ pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffs
         Ok(()) => offsets.netns_ok = 1,
         Err(error) => missing.push(MissingGroup { capability: "net.namespace", reason: error.to_string() }),
     }
+    // Optional: without it the daemon hooks the socket syscalls instead.
+    if offsets.socket_ok == 1 {
+        match resolve_syscall_registers(btf, &mut offsets) {
+            Ok(()) => offsets.regs_ok = 1,
+            Err(error) => missing.push(MissingGroup { capability: "net.socket_tracepoints", reason: error.to_string() }),
+        }
+    }
     Ok((offsets, missing))
+}
+
+/// Where the registers saved at syscall entry keep the syscall number and
+/// arguments (x86-64: `orig_ax` and di, si, dx, r10, r8, r9; arm64:
+/// `syscallno` and x0 to x5), plus the socket, file and signal fields the
+/// socket tracepoint programs read.
+fn resolve_syscall_registers(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    match btf.member_offset("pt_regs", "orig_ax") {
+        Ok(nr) => {
+            o.regs_nr = nr;
+            for (slot, name) in o.regs_args.iter_mut().zip(["di", "si", "dx", "r10", "r8", "r9"]) {
+                *slot = btf.member_offset("pt_regs", name)?;
+            }
+        }
+        Err(x86_error) => {
+            o.regs_nr = btf.member_offset("pt_regs", "syscallno").map_err(|_| x86_error)?;
+            let base = btf.member_offset("pt_regs", "regs")?;
+            for (index, slot) in o.regs_args.iter_mut().enumerate() {
+                *slot = base + 8 * index as u32;
+            }
+        }
+    }
+    o.file_f_flags = btf.member_offset("file", "f_flags")?;
+    o.sock_family = btf.member_offset("sock", "__sk_common.skc_family")?;
+    o.sock_dport = btf.member_offset("sock", "__sk_common.skc_dport")?;
+    o.sock_daddr = btf.member_offset("sock", "__sk_common.skc_daddr")?;
+    o.sock_v6_daddr = btf.member_offset("sock", "__sk_common.skc_v6_daddr")?;
+    o.sock_type = btf.member_offset("sock", "sk_type")?;
+    o.sigaction_handler = btf.member_offset("k_sigaction", "sa.sa_handler")?;
+    o.sigaction_flags = btf.member_offset("k_sigaction", "sa.sa_flags")?;
+    Ok(())
 }
 
 fn resolve_netns(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
