@@ -75,8 +75,8 @@ static WATCHED: LruHashMap<u64, WatchedSocket> = LruHashMap::with_max_entries(16
 #[map]
 static BLOCKED_CONNECTS: LruHashMap<u64, ConnectEvent> = LruHashMap::with_max_entries(16384, 0);
 
-/// The socket each thread is blocked connecting, keyed by pid_tgid, so a
-/// signal that interrupts the connect can be told apart.
+/// The socket each thread is blocked connecting, keyed by pid_tgid, so
+/// `signal_deliver` can tell which signal interrupts a connect.
 #[map]
 static BLOCKED_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
@@ -1113,9 +1113,9 @@ pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
 // syscall tracepoint at all. The syscall programs above stay as the
 // fallback for kernels where these cannot load.
 
-/// The user registers of the current syscall, or 0 when the offsets are
-/// missing. Not a syscall (io_uring, kernel sockets) shows up as a number
-/// the callers do not match.
+/// Returns the user registers saved at the current syscall's entry, or 0
+/// when the offsets are missing. Work that is not a syscall (io_uring,
+/// kernel sockets) has a number the callers do not match.
 #[inline(always)]
 fn syscall_registers(off: &KernelOffsets) -> u64 {
     if off.regs_ok == 0 {
@@ -1226,6 +1226,7 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
         return;
     }
     let _ = DATAGRAM_SEEN.insert(&key, &1, 0);
+
     let mut event = ConnectEvent {
         header: current_header(EventKind::Connect, task, off),
         result: 0,
@@ -1255,6 +1256,7 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
         event.sockaddr[8..24].copy_from_slice(&address);
         event.addr_len = 28;
     }
+
     if u16::from_be(dport) == DNS_PORT {
         let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
         let watched = WatchedSocket {
@@ -1270,8 +1272,8 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
     output(EventKind::Connect, &event);
 }
 
-/// The inode number and open-file flags of the file behind `fd`, zeros
-/// when the descriptor is out of range.
+/// Returns the inode number and open-file flags of the file behind `fd`,
+/// zeros when the descriptor is out of range.
 fn socket_inode_of_fd(task: u64, fd: i32, off: &KernelOffsets) -> (u64, u32) {
     let file = file_of_fd(task, fd, off);
     let inode: u64 = read_kernel(file, off.file_inode);
@@ -1328,8 +1330,8 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 
 /// `inet_sock_set_state(sk, oldstate, newstate)`: TCP connects seen from
 /// the socket's state. CLOSE to SYN_SENT happens inside the connect call,
-/// whose arguments the saved registers give; the end of SYN_SENT is the
-/// handshake's outcome, which is a blocking connect's result.
+/// so the saved registers hold its arguments. The end of SYN_SENT is the
+/// handshake's outcome, and so a blocking connect's result.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tcp_state_change(ctx: RawTracePointContext) -> i32 {
     // SAFETY: the tracepoint's arguments are (struct sock *, int, int).
@@ -1380,6 +1382,7 @@ fn connect_started(sk: u64) {
         // SAFETY: as above.
         unsafe { bpf_probe_read_user(event.sockaddr.as_mut_ptr().cast(), 24, uaddr as *const _) };
     }
+
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     event.netns = net_namespace(task, &off);

@@ -613,6 +613,9 @@ fn pid_reuse(args: &[String]) {
             }
             let fd = open_socket(target, libc::SOCK_DGRAM);
             raw_connect(fd, target);
+            // The sensor sees a datagram socket's connect at its first send.
+            // SAFETY: sends one byte from a static.
+            unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
             exec(&path, &new_argv);
         }
         if new < 0 {
