@@ -261,8 +261,8 @@ pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, requests
     println!("exec storm      {rounds:>6}  {execs:>6} execs     {exec_ratio:>8.3}                 <= 1.05 now, 1.01 goal");
     println!("connect storm   {rounds:>6}  {connects:>6} connects  {connect_ratio:>8.3}                 <= 1.02");
     println!("https loop      {rounds:>6}  {requests:>6} requests  {https_ratio:>8.3}                 <= 1.05 (TLS plaintext capture)");
-    // The loop's server replies at once, so the ratio is the worst case; the
-    // time each request gains is what to weigh against a real model's latency.
+    // The loop's server replies at once, so the ratio is the worst case.
+    // The time each request gains is what to weigh against a model's latency.
     println!("https loop: the sensor adds about {https_added:.0} us per request (median of the rounds)");
     // Each HTTPS request is an llm.request and an llm.response, plus the
     // uprobe records of both ends.
