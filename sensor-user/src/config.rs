@@ -94,7 +94,7 @@ pub struct ProbesConfig {
 impl Default for ProbesConfig {
     fn default() -> Self {
         Self {
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: 4 << 20,
             argv_max_bytes: 4095,
             tls_max_bytes: 16383,
             tls_executables: ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"].into_iter().map(PathBuf::from).collect(),

@@ -165,7 +165,7 @@ fn tally_reference(records: &[Value], marker: &str, workload_pid: u64) -> Refere
 fn storm_default_ring_loses_nothing() {
     require_sensor!();
     let tally = storm("", "storm");
-    assert_eq!(tally.stop["lost"]["exec"], 0, "an 8 MiB ring holds a 2,000-exec storm: {}", tally.stop);
+    assert_eq!(tally.stop["lost"]["exec"], 0, "a 4 MiB ring holds a 2,000-exec storm: {}", tally.stop);
     assert_eq!(tally.indices.len() as u64, STORM, "every storm exec recorded");
 }
 
