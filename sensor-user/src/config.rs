@@ -69,6 +69,10 @@ pub struct ProbesConfig {
     /// milliseconds: the upper bound on a record's delay when the host is
     /// quiet.
     pub drain_interval_ms: u64,
+    /// The longest the daemon waits between reads of the ring buffer while
+    /// reads find nothing: the wait doubles from `drain_interval_ms` up to
+    /// this, so an idle host costs a few wakeups a second.
+    pub drain_idle_interval_ms: u64,
     /// How often the kernel loss counters are read, in milliseconds.
     pub loss_check_interval_ms: u64,
     /// Program names not to attach (see `sensor.start` for the names), for
@@ -113,6 +117,7 @@ impl Default for ProbesConfig {
             report_threads: false,
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 20,
+            drain_idle_interval_ms: 320,
             loss_check_interval_ms: 1000,
             disabled_hooks: Vec::new(),
             socket_hooks: SocketHooks::Tracepoints,
@@ -470,6 +475,12 @@ impl Config {
             "drain_interval_ms",
             (1..=1000).contains(&self.probes.drain_interval_ms),
             format!("{} is outside 1..=1000", self.probes.drain_interval_ms),
+        );
+        check(
+            "probes",
+            "drain_idle_interval_ms",
+            (1..=10_000).contains(&self.probes.drain_idle_interval_ms),
+            format!("{} is outside 1..=10000", self.probes.drain_idle_interval_ms),
         );
         check(
             "probes",

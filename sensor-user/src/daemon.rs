@@ -220,8 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|error| error.into_parts().1)
         .context("registering the ring buffer with the event loop")?;
-    let mut drain_timer = tokio::time::interval(Duration::from_millis(config.probes.drain_interval_ms));
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain = DrainTimer::new(config.probes.drain_interval_ms, config.probes.drain_idle_interval_ms);
     let mut loss_timer = tokio::time::interval(Duration::from_millis(config.probes.loss_check_interval_ms));
     let mut flush_timer = tokio::time::interval(Duration::from_millis(config.output.flush_interval_ms));
     let mut gc_timer = tokio::time::interval(Duration::from_secs(5));
@@ -240,11 +239,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if drained < BATCH {
                     guard.clear_ready();
                 }
+                drain.after(drained);
                 pipeline.sync_file_hooks(&mut probes)?;
                 pipeline.sinks.flush()?;
             }
-            _ = drain_timer.tick() => {
-                while pipeline.drain(ring.get_mut(), &mut probes, BATCH)? == BATCH {}
+            _ = tokio::time::sleep_until(drain.deadline) => {
+                let mut drained = 0;
+                loop {
+                    let batch = pipeline.drain(ring.get_mut(), &mut probes, BATCH)?;
+                    drained += batch;
+                    if batch < BATCH {
+                        break;
+                    }
+                }
+                drain.after(drained);
                 pipeline.sync_file_hooks(&mut probes)?;
                 pipeline.sinks.flush()?;
             }
@@ -394,4 +402,29 @@ fn read_boot_id() -> String {
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// When the daemon next reads the ring buffer without a wakeup. Every
+/// empty read doubles the wait, up to `probes.drain_idle_interval_ms`, so
+/// a quiet host costs a few wakeups a second instead of fifty; any record
+/// read brings it back to `probes.drain_interval_ms`. Records that must not
+/// wait (a connection's first bytes) wake the daemon from the kernel.
+struct DrainTimer {
+    busy: Duration,
+    idle: Duration,
+    period: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl DrainTimer {
+    fn new(busy_ms: u64, idle_ms: u64) -> DrainTimer {
+        let busy = Duration::from_millis(busy_ms);
+        let idle = Duration::from_millis(idle_ms).max(busy);
+        DrainTimer { busy, idle, period: busy, deadline: tokio::time::Instant::now() + busy }
+    }
+
+    fn after(&mut self, drained: usize) {
+        self.period = if drained == 0 { (self.period * 2).min(self.idle) } else { self.busy };
+        self.deadline = tokio::time::Instant::now() + self.period;
+    }
 }
