@@ -405,10 +405,11 @@ fn hostname() -> String {
 }
 
 /// When the daemon next reads the ring buffer without a wakeup. Every
-/// empty read doubles the wait, up to `probes.drain_idle_interval_ms`, so
-/// a quiet host costs a few wakeups a second instead of fifty; any record
-/// read brings it back to `probes.drain_interval_ms`. Records that must not
-/// wait (a connection's first bytes) wake the daemon from the kernel.
+/// empty read doubles the wait, up to `probes.drain_idle_interval_ms`, so a
+/// quiet host costs a few wakeups a second instead of fifty. Any record
+/// read brings the wait back to `probes.drain_interval_ms`. Records that
+/// must not wait (a connection's first bytes) wake the daemon from the
+/// kernel.
 struct DrainTimer {
     busy: Duration,
     idle: Duration,
