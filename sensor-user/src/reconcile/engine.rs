@@ -115,7 +115,12 @@ struct AgentState {
     root_workload: Option<Value>,
     /// Sensor sessions by first activity, for placing reports in time.
     sessions: Vec<(u64, String)>,
+    /// Pending actions in seq order, so a seq is found by binary search.
     actions: Vec<Action>,
+    /// The pid of each pending action whose process has not exited, to its
+    /// seq: a spawn and an exit look their process up here instead of
+    /// scanning every pending action (thousands under a busy agent).
+    live_pids: HashMap<u32, u64>,
     reports: Vec<Pending>,
     /// Exec id to the seq of the action it belongs to, pending or decided.
     members: HashMap<String, u64>,
@@ -131,6 +136,11 @@ struct AgentState {
 }
 
 impl AgentState {
+    fn action_mut(&mut self, seq: u64) -> Option<&mut Action> {
+        let index = self.actions.binary_search_by_key(&seq, |a| a.seq).ok()?;
+        self.actions.get_mut(index)
+    }
+
     fn session_at(&self, time_ns: u64) -> Option<&str> {
         self.sessions.iter().rev().find(|(start, _)| *start <= time_ns).or(self.sessions.first()).map(|(_, s)| s.as_str())
     }
@@ -332,11 +342,11 @@ impl Reconciler {
         // to that action.
         let mut ancestry = strings(process.get("ancestry"));
         ancestry.extend(text(process, "parent_exec_id"));
-        let same_process = state.actions.iter().find(|a| a.pid == pid && a.exited_ns.is_none()).map(|a| a.seq);
+        let same_process = state.live_pids.get(&pid).copied();
         let owner = same_process.or_else(|| ancestry.iter().find_map(|id| state.members.get(id).copied()));
         if let Some(owner) = owner {
             state.remember_member(exec_id.clone(), owner);
-            if let Some(action) = state.actions.iter_mut().find(|a| a.seq == owner) {
+            if let Some(action) = state.action_mut(owner) {
                 action.descendants.push((exec_id, argv));
             }
             return;
@@ -348,6 +358,7 @@ impl Reconciler {
             .and_then(Value::as_str)
             .and_then(parse_traceparent);
         state.remember_member(exec_id.clone(), seq);
+        state.live_pids.insert(pid, seq);
         state.tally(session).observed += 1;
         state.actions.push(Action {
             seq,
@@ -371,8 +382,10 @@ impl Reconciler {
     fn on_exit(&mut self, agent_id: &Arc<str>, process: Option<&Value>, pid: Option<u32>, time_ns: u64) {
         let Some(state) = self.agents.get_mut(agent_id) else { return };
         let exec_id = process.and_then(|p| text(p, "exec_id"));
-        if let Some(action) = state.actions.iter_mut().find(|a| Some(a.pid) == pid && a.exited_ns.is_none()) {
-            action.exited_ns = Some(time_ns);
+        if let Some(seq) = pid.and_then(|pid| state.live_pids.remove(&pid)) {
+            if let Some(action) = state.action_mut(seq) {
+                action.exited_ns = Some(time_ns);
+            }
         }
         let is_root = pid.is_some() && pid == state.root_pid && exec_id.is_some();
         if is_root {
@@ -670,6 +683,8 @@ impl Reconciler {
             push_recent(&mut state.recent_reports, json!({ "report": pending.report, "matched": null }));
         }
         state.actions = actions.into_iter().flatten().collect();
+        let pending = &state.actions;
+        state.live_pids.retain(|_, seq| pending.binary_search_by_key(seq, |a| a.seq).is_ok());
         state.reports = reports.into_iter().flatten().collect();
     }
 
