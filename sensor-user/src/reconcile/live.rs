@@ -46,7 +46,7 @@ impl Live {
         if read_only {
             return;
         }
-        match serde_json::to_value(record) {
+        match engine_view(record) {
             Ok(value) => self.engine.observe(&value, record.head.time_unix_nano),
             Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),
         }
@@ -125,3 +125,31 @@ impl Pipeline {
         Ok(())
     }
 }
+
+/// Returns the parts of a record the engine reads, as the JSON an evidence
+/// file holds. A tool spawn's policy checks are most of its size and the
+/// engine never reads them, so they are not converted.
+fn engine_view(record: &Record<'_>) -> serde_json::Result<serde_json::Value> {
+    let mut view = serde_json::Map::with_capacity(8);
+    view.insert("kind".into(), record.head.kind.into());
+    view.insert("id".into(), serde_json::to_value(&record.head.id)?);
+    view.insert("time_unix_nano".into(), record.head.time_unix_nano.into());
+    if let Some(process) = &record.process {
+        view.insert("process".into(), serde_json::to_value(process)?);
+    }
+    if let Some(workload) = &record.workload {
+        view.insert("workload".into(), serde_json::to_value(workload)?);
+    }
+    if let Some(agent) = &record.agent {
+        view.insert("agent".into(), serde_json::to_value(agent)?);
+    }
+    for key in ENGINE_SECTIONS {
+        if let Some(section) = record.sections.get(*key) {
+            view.insert((*key).into(), section.clone());
+        }
+    }
+    Ok(serde_json::Value::Object(view))
+}
+
+/// The sections `Reconciler::observe` reads besides the ones above.
+const ENGINE_SECTIONS: &[&str] = &["trace_context", "file", "session"];
