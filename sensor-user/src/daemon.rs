@@ -241,7 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 drain.after(drained);
                 pipeline.sync_file_hooks(&mut probes)?;
-                pipeline.sinks.flush()?;
+                pipeline.sinks.end_batch()?;
             }
             _ = tokio::time::sleep_until(drain.deadline) => {
                 let mut drained = 0;
@@ -254,7 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 drain.after(drained);
                 pipeline.sync_file_hooks(&mut probes)?;
-                pipeline.sinks.flush()?;
+                pipeline.sinks.end_batch()?;
             }
             _ = loss_timer.tick() => {
                 pipeline.report_losses(&probes)?;
