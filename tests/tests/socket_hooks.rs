@@ -118,6 +118,25 @@ fn send_timeout_connect_in_progress() {
     assert_eq!(outcome_of(&sensor, &record)["network"]["outcome"], "established", "{record}");
 }
 
+/// With a send timeout, the kernel ends a connect that a signal interrupts
+/// with EINTR even when the handler has SA_RESTART.
+#[test]
+fn send_timeout_connect_interrupted_despite_restart() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let output = run_workload(&["connect-later", "sndtimeo-restart"]);
+    let pid = output_number(&output, "pid");
+    let fd = output_number(&output, "fd");
+    assert_eq!(output_number(&output, "errno"), 4, "EINTR despite SA_RESTART: {output}");
+    assert_eq!(output_number(&output, "so_error"), 0, "the handshake succeeded: {output}");
+
+    let record = sensor.expect("the interrupted connect", |r| {
+        r["kind"] == "net.connect" && r["process"]["pid"] == pid && r["network"]["fd"] == fd
+    });
+    assert_eq!(record["network"]["result"], "EINTR", "{record}");
+    assert_eq!(outcome_of(&sensor, &record)["network"]["outcome"], "established", "{record}");
+}
+
 /// Many threads blocked in connect at once, half of them interrupted: each
 /// connect gets exactly one record, with its own thread, descriptor and
 /// result, and each interrupted one its outcome.

@@ -27,12 +27,14 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
   connect PROTO MODE ADDR PORT [ADDRLEN]
                                   connect a tcp or udp socket, MODE block or nonblock,
                                   passing ADDRLEN as the sockaddr length when given
-  connect-later [interrupt|restart|sndtimeo]
+  connect-later [interrupt|restart|sndtimeo|sndtimeo-restart]
                                   non-blocking connect whose handshake ends after the syscall;
                                   with `interrupt`, a blocking one that SIGALRM interrupts;
                                   with `restart`, a blocking one that SIGALRM (SA_RESTART) does not;
                                   with `sndtimeo`, a blocking one that SO_SNDTIMEO ends early,
-                                  followed by a SIGALRM while the thread sleeps
+                                  followed by a SIGALRM while the thread sleeps;
+                                  with `sndtimeo-restart`, a blocking one with a 5 s SO_SNDTIMEO
+                                  that SIGALRM (SA_RESTART) interrupts all the same
   udp-reconnect ADDR PORT1 PORT2  connect a udp socket to PORT1 and send, then to PORT2 and send
   thread-connects COUNT           COUNT threads block in connect to a full listener; SIGUSR1
                                   (no SA_RESTART) interrupts the odd ones, SIGUSR2 (SA_RESTART)
@@ -461,6 +463,7 @@ enum LaterMode {
     Interrupt,
     Restart,
     SendTimeout,
+    SendTimeoutRestart,
 }
 
 /// Installs `handler` for `signal`, with SA_RESTART when `restart`.
@@ -504,7 +507,10 @@ fn connect_later(args: &[String]) {
         Some("interrupt") => LaterMode::Interrupt,
         Some("restart") => LaterMode::Restart,
         Some("sndtimeo") => LaterMode::SendTimeout,
-        Some(other) => fail(&format!("connect-later takes no argument, `interrupt`, `restart` or `sndtimeo`, got {other:?}")),
+        Some("sndtimeo-restart") => LaterMode::SendTimeoutRestart,
+        Some(other) => fail(&format!(
+            "connect-later takes no argument, `interrupt`, `restart`, `sndtimeo` or `sndtimeo-restart`, got {other:?}"
+        )),
     };
     let (listener, address) = full_listener();
     say("pid", getpid());
@@ -526,19 +532,11 @@ fn connect_later(args: &[String]) {
                 unsafe { libc::listen(listener, 16) };
             });
         }
-        LaterMode::SendTimeout => {
-            let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-            // SAFETY: the option value is a timeval of the size passed.
-            let ret = unsafe {
-                libc::setsockopt(
-                    second,
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDTIMEO,
-                    (&timeout as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            };
-            check(ret, "setsockopt(SO_SNDTIMEO)");
+        LaterMode::SendTimeout => set_send_timeout(second, libc::timeval { tv_sec: 0, tv_usec: 100_000 }),
+        LaterMode::SendTimeoutRestart => {
+            set_send_timeout(second, libc::timeval { tv_sec: 5, tv_usec: 0 });
+            handle_signal(libc::SIGALRM, true);
+            alarm_after(Duration::from_millis(100));
         }
         LaterMode::Nonblocking => {}
     }
@@ -557,6 +555,20 @@ fn connect_later(args: &[String]) {
     // SAFETY: accept with null address pointers is allowed.
     check(unsafe { libc::accept(listener, ptr::null_mut(), ptr::null_mut()) }, "accept");
     say("so_error", await_connect(second, Duration::from_secs(10)));
+}
+
+fn set_send_timeout(fd: c_int, timeout: libc::timeval) {
+    // SAFETY: the option value is a timeval of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    check(ret, "setsockopt(SO_SNDTIMEO)");
 }
 
 /// Arms a one-shot ITIMER_REAL, which sends SIGALRM after `delay`.
