@@ -183,7 +183,7 @@ fn thread_connects_one_record_each() {
     assert_eq!(all.len(), THREADS + 1, "no connect reported twice: {all:#?}");
 }
 
-/// A SYN that nobody answers: the blocking connect fails with ETIMEDOUT
+/// A SYN that no host answers: the blocking connect fails with ETIMEDOUT
 /// after the retransmissions, and so does its record.
 #[test]
 fn unanswered_syn_times_out() {

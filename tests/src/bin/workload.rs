@@ -466,7 +466,8 @@ enum LaterMode {
     SendTimeoutRestart,
 }
 
-/// Installs `handler` for `signal`, with SA_RESTART when `restart`.
+/// Installs a handler that does nothing for `signal`, with SA_RESTART
+/// when `restart`.
 fn handle_signal(signal: c_int, restart: bool) {
     // SAFETY: an all-zero sigaction is valid; the fields set below complete it.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -605,6 +606,7 @@ fn thread_connects(args: &[String]) {
     let (listener, address) = full_listener();
     say("pid", getpid());
     say("port", address.port());
+
     let (sender, tids) = std::sync::mpsc::channel();
     let workers: Vec<_> = (0..count)
         .map(|index| {
@@ -619,6 +621,7 @@ fn thread_connects(args: &[String]) {
         })
         .collect();
     let tids: Vec<(usize, i64)> = tids.iter().take(count).collect();
+
     // Every worker has sent its tid just before its connect; this gives
     // them time to block in it.
     std::thread::sleep(Duration::from_millis(300));
@@ -627,6 +630,7 @@ fn thread_connects(args: &[String]) {
         // SAFETY: tgkill with our own pid and a thread of ours.
         check(unsafe { libc::syscall(libc::SYS_tgkill, getpid(), *tid, signal) }, "tgkill");
     }
+
     // A larger backlog lets the retransmitted SYNs in.
     // SAFETY: listen has no memory arguments.
     check(unsafe { libc::listen(listener, 1024) }, "listen");
@@ -639,6 +643,7 @@ fn thread_connects(args: &[String]) {
             }
         }
     });
+
     for worker in workers {
         let (tid, fd, result, so_error) = worker.join().unwrap_or_else(|_| fail("a worker panicked"));
         say("connect", format!("{tid} {fd} {result} {so_error}"));
