@@ -4,12 +4,12 @@
 //! Each record is compared with what the workload's own syscalls returned.
 //! Every peer is on loopback or in a network namespace the test creates.
 
-use std::net::UdpSocket;
+use std::{net::UdpSocket, path::PathBuf, process::Command, time::Duration};
 
-use integration_tests::{output_number, output_value, require_sensor, run_workload, run_workload_via, Sensor};
+use integration_tests::{output_number, output_value, require_sensor, run_workload, run_workload_via, Sensor, TempDir};
 use serde_json::Value;
 
-/// Every net.connect record so far from `pid` on descriptor `fd`.
+/// Collects every net.connect record so far from `pid` on descriptor `fd`.
 fn connects_on_fd(sensor: &Sensor, pid: u64, fd: u64) -> Vec<Value> {
     sensor
         .records()
@@ -30,8 +30,10 @@ fn outcome_of(sensor: &Sensor, record: &Value) -> Value {
     })
 }
 
+const SYSCALL_HOOKS: &str = "[probes]\nsocket_hooks = \"syscalls\"\n";
+
 /// Launches a command in a new network namespace whose loopback is up and
-/// whose 10.9.9.0/24 is routed to loopback, where no address answers and
+/// whose 10.9.9.0/24 is routed to loopback, where no address replies and
 /// forwarding is off, so every packet to it vanishes. One SYN
 /// retransmission makes a connect there time out after about three seconds.
 const BLACKHOLE_NAMESPACE: &[&str] = &[
@@ -79,7 +81,19 @@ fn udp_reconnect_reports_new_destination() {
 #[test]
 fn restarted_connect_not_interrupted() {
     require_sensor!();
-    let sensor = Sensor::start("");
+    restarted_connect(Sensor::start(""));
+}
+
+/// The same with the syscall hooks, which see the connect return twice:
+/// ERESTARTSYS inside the kernel, then the restarted call's result.
+#[test]
+#[ignore = "known defect: the syscall hooks report the ERESTARTSYS exit of a connect that SA_RESTART restarts as EINTR, and the restarted call again"]
+fn restarted_connect_not_interrupted_syscalls() {
+    require_sensor!();
+    restarted_connect(Sensor::start(SYSCALL_HOOKS));
+}
+
+fn restarted_connect(sensor: Sensor) {
     let output = run_workload(&["connect-later", "restart"]);
     let pid = output_number(&output, "pid");
     let fd = output_number(&output, "fd");
@@ -143,8 +157,19 @@ fn send_timeout_connect_interrupted_despite_restart() {
 #[test]
 fn thread_connects_one_record_each() {
     require_sensor!();
+    thread_connects(Sensor::start(""));
+}
+
+/// Runs the same check with the syscall hooks.
+#[test]
+#[ignore = "known defect: the syscall hooks report the ERESTARTSYS exit of a connect that SA_RESTART restarts as EINTR, and the restarted call again"]
+fn thread_connects_one_record_each_syscalls() {
+    require_sensor!();
+    thread_connects(Sensor::start(SYSCALL_HOOKS));
+}
+
+fn thread_connects(sensor: Sensor) {
     const THREADS: usize = 16;
-    let sensor = Sensor::start("");
     let output = run_workload(&["thread-connects", &THREADS.to_string()]);
     let pid = output_number(&output, "pid");
     let port = output_number(&output, "port");
@@ -183,7 +208,7 @@ fn thread_connects_one_record_each() {
     assert_eq!(all.len(), THREADS + 1, "no connect reported twice: {all:#?}");
 }
 
-/// A SYN that no host answers: the blocking connect fails with ETIMEDOUT
+/// A SYN that no host replies to: the blocking connect fails with ETIMEDOUT
 /// after the retransmissions, and so does its record.
 #[test]
 fn unanswered_syn_times_out() {
@@ -218,4 +243,112 @@ fn unanswered_syn_times_out_nonblocking() {
     });
     assert_eq!(record["network"]["result"], "EINPROGRESS", "{record}");
     assert_eq!(outcome_of(&sensor, &record)["network"]["outcome"], "ETIMEDOUT", "{record}");
+}
+
+/// A copy of bash that `agents.known_programs` makes an agent, and a
+/// scratch directory for the files its tools touch.
+struct FileAgent {
+    dir: TempDir,
+    program: PathBuf,
+}
+
+const FILE_AGENT_PROGRAM: &str = "file-hooks-agent";
+
+impl FileAgent {
+    fn new() -> FileAgent {
+        let dir = TempDir::new("file-hooks");
+        let program = dir.path().join(FILE_AGENT_PROGRAM);
+        std::fs::copy("/bin/bash", &program).expect("copy /bin/bash");
+        FileAgent { dir, program }
+    }
+
+    fn config(&self, file_hooks: &str) -> String {
+        format!("[agents]\nknown_programs = [\"{FILE_AGENT_PROGRAM}\"]\n[probes]\nfile_hooks = \"{file_hooks}\"\n")
+    }
+
+    /// Runs the agent, whose tools read, rename and remove files named
+    /// after `tag`. The first sleep lets the daemon mark the agent and
+    /// attach the hooks before the agent forks. Returns the three paths.
+    fn run(&self, tag: &str) -> [String; 3] {
+        let read = self.dir.path().join(format!("{tag}-read"));
+        let old = self.dir.path().join(format!("{tag}-old"));
+        let new = self.dir.path().join(format!("{tag}-new"));
+        std::fs::write(&read, "x").expect("write the file to read");
+        std::fs::write(&old, "x").expect("write the file to rename");
+        let script = format!(
+            // The final `exit` keeps bash from replacing itself with `rm`.
+            "sleep 1\ncat {read} > /dev/null\nmv {old} {new}\nrm -f {new}\nexit 0\n",
+            read = read.display(),
+            old = old.display(),
+            new = new.display(),
+        );
+        let output = Command::new(&self.program).args(["-c", &script]).output().expect("run the agent");
+        assert!(output.status.success(), "the agent failed: {output:?}");
+        [read, old, new].map(|p| p.to_string_lossy().into_owned())
+    }
+}
+
+/// Waits for the agent's three file operations and returns the agent's
+/// pid, the parent of the tools that made them.
+fn expect_file_ops(sensor: &Sensor, paths: &[String; 3]) -> u64 {
+    let [read, old, new] = paths;
+    let open = sensor.expect(&format!("file.open of {read}"), |r| r["kind"] == "file.open" && r["file"]["path"] == read.as_str());
+    let rename = sensor.expect(&format!("file.rename of {old}"), |r| {
+        r["kind"] == "file.rename" && r["file"]["path"] == old.as_str() && r["file"]["new_path"] == new.as_str()
+    });
+    let unlink = sensor.expect(&format!("file.unlink of {new}"), |r| r["kind"] == "file.unlink" && r["file"]["path"] == new.as_str());
+    let agent = open["process"]["ppid"].as_u64().expect("the tool's ppid");
+    assert_eq!(rename["process"]["ppid"], agent, "{rename}");
+    assert_eq!(unlink["process"]["ppid"], agent, "{unlink}");
+    agent
+}
+
+fn file_hooks_records(sensor: &Sensor) -> Vec<Value> {
+    sensor.records().into_iter().filter(|r| r["kind"] == "sensor.file_hooks").collect()
+}
+
+/// With `file_hooks = "agents"`, the hooks follow the agents: attached for
+/// the first, detached at the GC tick after the last exits, attached again
+/// for the next, and each agent's file operations are recorded.
+#[test]
+fn file_hooks_follow_agents() {
+    require_sensor!();
+    let agent = FileAgent::new();
+    let sensor = Sensor::start(&agent.config("agents"));
+    let start = sensor.expect("sensor.start", |r| r["kind"] == "sensor.start");
+    assert!(start["sensor"]["hooks"]["deferred"].to_string().contains("sys_enter_file"), "{start}");
+
+    let first_paths = agent.run("first");
+    expect_file_ops(&sensor, &first_paths);
+    let attached = sensor.expect("sensor.file_hooks attaching", |r| {
+        r["kind"] == "sensor.file_hooks" && r["sensor"]["attached"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let detached = sensor
+        .wait_for_within(Duration::from_secs(15), |r| {
+            r["kind"] == "sensor.file_hooks" && r["sensor"]["attached"].as_array().is_some_and(|a| a.is_empty())
+        })
+        .unwrap_or_else(|| panic!("no detach within 15 s of the agent's exit: {:#?}", file_hooks_records(&sensor)));
+    assert!(detached["seq"].as_u64() > attached["seq"].as_u64(), "{detached}");
+
+    let second_paths = agent.run("second");
+    expect_file_ops(&sensor, &second_paths);
+    let again = file_hooks_records(&sensor);
+    assert_eq!(again.len(), 3, "attach, detach, attach: {again:#?}");
+    assert!(again[2]["sensor"]["attached"].as_array().is_some_and(|a| !a.is_empty()), "{again:#?}");
+}
+
+/// With `file_hooks = "always"`, the hooks run from the start and stay.
+#[test]
+fn file_hooks_always_attached() {
+    require_sensor!();
+    let agent = FileAgent::new();
+    let sensor = Sensor::start(&agent.config("always"));
+    let start = sensor.expect("sensor.start", |r| r["kind"] == "sensor.start");
+    assert!(start["sensor"]["hooks"]["attached"].to_string().contains("sys_enter_file"), "{start}");
+
+    let paths = agent.run("always");
+    expect_file_ops(&sensor, &paths);
+    std::thread::sleep(Duration::from_secs(7));
+    let changes = file_hooks_records(&sensor);
+    assert!(changes.is_empty(), "no attach or detach: {changes:#?}");
 }
