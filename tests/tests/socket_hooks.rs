@@ -352,3 +352,43 @@ fn file_hooks_always_attached() {
     let changes = file_hooks_records(&sensor);
     assert!(changes.is_empty(), "no attach or detach: {changes:#?}");
 }
+
+/// Launches a command in a new network namespace with loopback up, where
+/// it may bind port 53 whatever the host runs.
+const PRIVATE_NAMESPACE: &[&str] = &["unshare", "--net", "--", "sh", "-ec", "ip link set lo up\nexec \"$0\" \"$@\""];
+
+/// Runs `dns-exchange` and checks the sensor's net.dns record of the
+/// answer; returns the workload's pid.
+fn dns_exchange(sensor: &Sensor, mode: &str, address: &str) -> u64 {
+    let name = format!("{mode}.dns-test.example");
+    let output = run_workload_via(PRIVATE_NAMESPACE, &["dns-exchange", mode, address, &name]);
+    let pid = output_number(&output, "pid");
+    assert!(output_number(&output, "received") > 0, "{output}");
+
+    let record = sensor.expect(&format!("net.dns for {name}"), |r| r["kind"] == "net.dns" && r["dns"]["query"] == name.as_str());
+    assert_eq!(record["process"]["pid"], pid, "{record}");
+    assert_eq!(record["dns"]["answers"], serde_json::json!(["10.1.2.3"]), "{record}");
+    pid
+}
+
+/// A connected UDP socket over IPv6 to port 53: its connect is reported
+/// at the first send, with the IPv6 destination, and its answer is read.
+#[test]
+fn dns_over_connected_ipv6() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let pid = dns_exchange(&sensor, "connected", "::1");
+    let connect = sensor.expect("the DNS socket's connect", |r| r["kind"] == "net.connect" && r["process"]["pid"] == pid);
+    assert_eq!(connect["network"]["destination"]["address"], "::1", "{connect}");
+    assert_eq!(connect["network"]["destination"]["port"], 53, "{connect}");
+    assert_eq!(connect["network"]["destination"]["family"], "ipv6", "{connect}");
+    assert_eq!(connect["network"]["seen_at"], "first_send", "{connect}");
+}
+
+/// An unconnected UDP socket: sendto port 53, then recvfrom.
+#[test]
+fn dns_over_unconnected_ipv4() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    dns_exchange(&sensor, "sendto", "127.0.0.1");
+}

@@ -35,6 +35,9 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
                                   followed by a SIGALRM while the thread sleeps;
                                   with `sndtimeo-restart`, a blocking one with a 5 s SO_SNDTIMEO
                                   that SIGALRM (SA_RESTART) interrupts all the same
+  dns-exchange MODE ADDR NAME      answer one A query for NAME on ADDR port 53 from a thread and
+                                  ask it, MODE connected (connect, send, recv) or sendto
+                                  (sendto, recvfrom); run it in a network namespace of its own
   udp-reconnect ADDR PORT1 PORT2  connect a udp socket to PORT1 and send, then to PORT2 and send
   thread-connects COUNT           COUNT threads block in connect to a full listener; SIGUSR1
                                   (no SA_RESTART) interrupts the odd ones, SIGUSR2 (SA_RESTART)
@@ -64,6 +67,7 @@ fn main() {
         "connect" => connect(rest),
         "connect-later" => connect_later(rest),
         "udp-reconnect" => udp_reconnect(rest),
+        "dns-exchange" => dns_exchange(rest),
         "thread-connects" => thread_connects(rest),
         "pidns" => pidns(rest),
         "pid-reuse" => pid_reuse(rest),
@@ -597,6 +601,77 @@ fn udp_reconnect(args: &[String]) {
         let sent = unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
         say(&format!("{key}_sent"), sent);
     }
+}
+
+/// The address every answer of `dns-exchange` carries.
+const DNS_ANSWER: [u8; 4] = [10, 1, 2, 3];
+
+/// Encodes a DNS query for the A record of `name`, with id 0x1234.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// Turns `query` into its answer: one A record, pointing back at the
+/// question's name, with [`DNS_ANSWER`].
+fn dns_answer(query: &[u8]) -> Vec<u8> {
+    let mut answer = query.to_vec();
+    answer[2] = 0x81;
+    answer[3] = 0x80;
+    answer[7] = 1;
+    answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    answer.extend_from_slice(&DNS_ANSWER);
+    answer
+}
+
+fn dns_exchange(args: &[String]) {
+    let connected = match arg(args, 0, "MODE") {
+        "connected" => true,
+        "sendto" => false,
+        other => fail(&format!("MODE must be connected or sendto, got {other:?}")),
+    };
+    let server_address = socket_address(arg(args, 1, "ADDR"), "53");
+    let name = arg(args, 2, "NAME");
+    say("pid", getpid());
+    let server = std::net::UdpSocket::bind(server_address).unwrap_or_else(|e| fail(&format!("bind {server_address}: {e}")));
+    let responder = std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        let (len, peer) = server.recv_from(&mut buffer).unwrap_or_else(|e| fail(&format!("receive the query: {e}")));
+        server.send_to(&dns_answer(&buffer[..len]), peer).unwrap_or_else(|e| fail(&format!("send the answer: {e}")));
+    });
+
+    let fd = open_socket(server_address, libc::SOCK_DGRAM);
+    say("fd", fd);
+    let query = dns_query(name);
+    let (storage, len) = raw_sockaddr(server_address);
+    let sent = if connected {
+        let result = raw_connect(fd, server_address);
+        if result != 0 {
+            fail(&format!("connect to {server_address}: {}", std::io::Error::from_raw_os_error(result)));
+        }
+        // SAFETY: sends `query` from a live buffer of that length.
+        unsafe { libc::send(fd, query.as_ptr().cast(), query.len(), 0) }
+    } else {
+        // SAFETY: sends `query` to the sockaddr in `storage`, `len` bytes.
+        unsafe { libc::sendto(fd, query.as_ptr().cast(), query.len(), 0, (&storage as *const libc::sockaddr_storage).cast(), len) }
+    };
+    check(sent, "send the query");
+    let mut buffer = [0u8; 512];
+    let received = if connected {
+        // SAFETY: receives into a local buffer of the length passed.
+        unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) }
+    } else {
+        // SAFETY: receives into a local buffer of the length passed; the
+        // sender's address is not requested.
+        unsafe { libc::recvfrom(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0, ptr::null_mut(), ptr::null_mut()) }
+    };
+    say("received", check(received, "receive the answer"));
+    responder.join().unwrap_or_else(|_| fail("the responder panicked"));
 }
 
 fn thread_connects(args: &[String]) {
