@@ -392,3 +392,24 @@ fn dns_over_unconnected_ipv4() {
     let sensor = Sensor::start("");
     dns_exchange(&sensor, "sendto", "127.0.0.1");
 }
+
+/// A forked child killed while blocked in connect: the kernel closes its
+/// socket mid-handshake, and the connect is still reported, under the
+/// child, as aborted.
+#[test]
+fn killed_child_connect_reported() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let output = run_workload(&["fork-connect-killed"]);
+    let child = output_number(&output, "child");
+    let port = output_number(&output, "port");
+    assert_eq!(output_number(&output, "killed"), 1, "SIGKILL ended the child: {output}");
+
+    let record = sensor.expect("the killed child's connect", |r| {
+        r["kind"] == "net.connect" && r["process"]["pid"] == child && r["network"]["destination"]["port"] == port
+    });
+    assert_eq!(record["network"]["result"], "ECONNABORTED", "{record}");
+    assert_eq!(record["process"]["origin"], "fork", "{record}");
+    let exit = sensor.expect("the child's exit", |r| r["kind"] == "process.exit" && r["process"]["pid"] == child);
+    assert_eq!(exit["exit"]["signal"], 9, "{exit}");
+}

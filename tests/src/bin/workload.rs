@@ -38,6 +38,8 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
   dns-exchange MODE ADDR NAME      answer one A query for NAME on ADDR port 53 from a thread and
                                   ask it, MODE connected (connect, send, recv) or sendto
                                   (sendto, recvfrom); run it in a network namespace of its own
+  fork-connect-killed             fork a child that blocks in connect to a full listener, and
+                                  kill it with SIGKILL before the handshake ends
   udp-reconnect ADDR PORT1 PORT2  connect a udp socket to PORT1 and send, then to PORT2 and send
   thread-connects COUNT           COUNT threads block in connect to a full listener; SIGUSR1
                                   (no SA_RESTART) interrupts the odd ones, SIGUSR2 (SA_RESTART)
@@ -67,6 +69,7 @@ fn main() {
         "connect" => connect(rest),
         "connect-later" => connect_later(rest),
         "udp-reconnect" => udp_reconnect(rest),
+        "fork-connect-killed" => fork_connect_killed(),
         "dns-exchange" => dns_exchange(rest),
         "thread-connects" => thread_connects(rest),
         "pidns" => pidns(rest),
@@ -601,6 +604,25 @@ fn udp_reconnect(args: &[String]) {
         let sent = unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
         say(&format!("{key}_sent"), sent);
     }
+}
+
+fn fork_connect_killed() {
+    let (_listener, address) = full_listener();
+    say("pid", getpid());
+    say("port", address.port());
+    let child = fork();
+    if child == 0 {
+        let fd = open_socket(address, libc::SOCK_STREAM);
+        raw_connect(fd, address);
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(0) };
+    }
+    say("child", child);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with the pid of our own child.
+    check(unsafe { libc::kill(child, libc::SIGKILL) }, "kill");
+    let status = wait_for(child);
+    say("killed", i32::from(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL));
 }
 
 /// The address every answer of `dns-exchange` carries.
