@@ -413,3 +413,25 @@ fn killed_child_connect_reported() {
     let exit = sensor.expect("the child's exit", |r| r["kind"] == "process.exit" && r["process"]["pid"] == child);
     assert_eq!(exit["exit"]["signal"], 9, "{exit}");
 }
+
+/// TCP Fast Open connects inside sendto, with no connect call: the
+/// connect must be reported all the same.
+#[test]
+fn fastopen_connect_reported() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
+    let port = listener.local_addr().expect("listener address").port();
+    let output = run_workload(&["fastopen", "127.0.0.1", &port.to_string()]);
+    let pid = output_number(&output, "pid");
+    let fd = output_number(&output, "fd");
+    assert!(output_number(&output, "sent") > 0, "{output}");
+
+    let record = sensor.expect("the Fast Open connect", |r| {
+        r["kind"] == "net.connect" && r["process"]["pid"] == pid && r["network"]["destination"]["port"] == port
+    });
+    assert_eq!(record["network"]["destination"]["address"], "127.0.0.1", "{record}");
+    assert_eq!(record["network"]["protocol"], "tcp", "{record}");
+    assert_eq!(record["network"]["fd"], fd, "{record}");
+    assert_eq!(record["network"]["result"], "ok", "{record}");
+}

@@ -40,6 +40,8 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
                                   (sendto, recvfrom); run it in a network namespace of its own
   fork-connect-killed             fork a child that blocks in connect to a full listener, and
                                   kill it with SIGKILL before the handshake ends
+  fastopen ADDR PORT              connect with TCP Fast Open: sendto(MSG_FASTOPEN) of an HTTP
+                                  request on a new socket, no connect call
   udp-reconnect ADDR PORT1 PORT2  connect a udp socket to PORT1 and send, then to PORT2 and send
   thread-connects COUNT           COUNT threads block in connect to a full listener; SIGUSR1
                                   (no SA_RESTART) interrupts the odd ones, SIGUSR2 (SA_RESTART)
@@ -69,6 +71,7 @@ fn main() {
         "connect" => connect(rest),
         "connect-later" => connect_later(rest),
         "udp-reconnect" => udp_reconnect(rest),
+        "fastopen" => fastopen(rest),
         "fork-connect-killed" => fork_connect_killed(),
         "dns-exchange" => dns_exchange(rest),
         "thread-connects" => thread_connects(rest),
@@ -604,6 +607,20 @@ fn udp_reconnect(args: &[String]) {
         let sent = unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
         say(&format!("{key}_sent"), sent);
     }
+}
+
+fn fastopen(args: &[String]) {
+    let address = socket_address(arg(args, 0, "ADDR"), arg(args, 1, "PORT"));
+    say("pid", getpid());
+    let fd = open_socket(address, libc::SOCK_STREAM);
+    say("fd", fd);
+    let request = b"GET /fastopen HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (storage, len) = raw_sockaddr(address);
+    // SAFETY: sends `request` to the sockaddr in `storage`, `len` bytes.
+    let sent = unsafe {
+        libc::sendto(fd, request.as_ptr().cast(), request.len(), libc::MSG_FASTOPEN, (&storage as *const libc::sockaddr_storage).cast(), len)
+    };
+    say("sent", check(sent, "sendto(MSG_FASTOPEN)"));
 }
 
 fn fork_connect_killed() {
