@@ -1366,15 +1366,26 @@ pub fn tcp_state_change(ctx: RawTracePointContext) -> i32 {
 fn connect_started(sk: u64) {
     let off = offsets();
     let regs = syscall_registers(&off);
-    if syscall_number(regs, &off) != config().syscalls.connect {
+    let syscall = syscall_number(regs, &off);
+    let nr = config().syscalls;
+    if syscall != nr.connect {
+        // TCP Fast Open (MSG_FASTOPEN) connects inside sendto or sendmsg.
+        if syscall == nr.sendto || syscall == nr.sendmsg {
+            fast_open_started(sk, regs, &off);
+        }
         return;
     }
-    let fd = syscall_arg(regs, &off, 0) as i32;
-    let uaddr = syscall_arg(regs, &off, 1);
-    let addr_len = syscall_arg(regs, &off, 2) as u32;
+    connect_call_started(sk, regs, &off);
+}
+
+/// Builds the connect record of a connect call from its arguments.
+fn connect_call_started(sk: u64, regs: u64, off: &KernelOffsets) {
+    let fd = syscall_arg(regs, off, 0) as i32;
+    let uaddr = syscall_arg(regs, off, 1);
+    let addr_len = syscall_arg(regs, off, 2) as u32;
     let mut event = ConnectEvent {
         // SAFETY: the helper has no preconditions.
-        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, &off),
+        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, off),
         result: 0,
         async_result: 0,
         fd,
@@ -1399,10 +1410,53 @@ fn connect_started(sk: u64) {
         unsafe { bpf_probe_read_user(event.sockaddr.as_mut_ptr().cast(), 24, uaddr as *const _) };
     }
 
+    connect_recorded(sk, &mut event, off);
+}
+
+/// Builds the connect record of a TCP Fast Open connect, whose
+/// destination the kernel has already stored in the socket.
+fn fast_open_started(sk: u64, regs: u64, off: &KernelOffsets) {
+    let family: u16 = read_kernel(sk, off.sock_family);
+    let mut event = ConnectEvent {
+        // SAFETY: the helper has no preconditions.
+        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, off),
+        result: 0,
+        async_result: 0,
+        fd: syscall_arg(regs, off, 0) as i32,
+        sock_type: SOCK_STREAM,
+        family,
+        // SAFETY: the helper has no preconditions.
+        connect_id: unsafe { bpf_ktime_get_ns() },
+        sockaddr: [0; SOCKADDR_CAPACITY],
+        addr_len: 16,
+        netns: 0,
+        _pad: 0,
+    };
+    event.sockaddr[0..2].copy_from_slice(&family.to_ne_bytes());
+    event.sockaddr[2..4].copy_from_slice(&read_kernel::<u16>(sk, off.sock_dport).to_ne_bytes());
+    if family == AF_INET {
+        event.sockaddr[4..8].copy_from_slice(&read_kernel::<u32>(sk, off.sock_daddr).to_ne_bytes());
+    } else if family == AF_INET6 {
+        let halves: [u64; 2] = read_kernel(sk, off.sock_v6_daddr);
+        event.sockaddr[8..16].copy_from_slice(&halves[0].to_ne_bytes());
+        event.sockaddr[16..24].copy_from_slice(&halves[1].to_ne_bytes());
+        event.addr_len = 28;
+    } else {
+        return;
+    }
+    connect_recorded(sk, &mut event, off);
+}
+
+/// Watches a new connect's socket and reports it: at once when it does
+/// not block, else when its handshake ends or a signal interrupts it.
+#[inline(always)]
+fn connect_recorded(sk: u64, event: &mut ConnectEvent, off: &KernelOffsets) {
+    let fd = event.fd;
+    let addr_len = event.addr_len;
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
-    event.netns = net_namespace(task, &off);
-    let (_, file_flags) = socket_inode_of_fd(task, fd, &off);
+    event.netns = net_namespace(task, off);
+    let (_, file_flags) = socket_inode_of_fd(task, fd, off);
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = ConnectArgs {
         sock: sk,
@@ -1419,8 +1473,8 @@ fn connect_started(sk: u64) {
     if file_flags & O_NONBLOCK != 0 {
         event.result = -EINPROGRESS;
         event.header.flags |= CONNECT_FLAG_PENDING;
-        await_handshake(sk, &event);
-        output(EventKind::Connect, &event);
+        await_handshake(sk, event);
+        output(EventKind::Connect, &*event);
     } else {
         // MAX_SCHEDULE_TIMEOUT (LONG_MAX) unless SO_SNDTIMEO is set.
         let timeout: i64 = read_kernel(sk, off.sock_sndtimeo);
@@ -1434,7 +1488,7 @@ fn connect_started(sk: u64) {
         } else {
             let _ = BLOCKED_DEADLINES.remove(&sk);
         }
-        let _ = BLOCKED_CONNECTS.insert(&sk, &event, 0);
+        let _ = BLOCKED_CONNECTS.insert(&sk, &*event, 0);
         let _ = BLOCKED_THREADS.insert(&pid_tgid, &sk, 0);
     }
 }
@@ -1511,7 +1565,10 @@ pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
     // A connect that SO_SNDTIMEO ended left its entry behind: the signal
     // then interrupts some later syscall of the thread.
     let regs = syscall_registers(&off);
-    if syscall_number(regs, &off) != config().syscalls.connect || syscall_arg(regs, &off, 0) as i32 != event.fd {
+    let syscall = syscall_number(regs, &off);
+    let nr = config().syscalls;
+    let connecting = syscall == nr.connect || syscall == nr.sendto || syscall == nr.sendmsg;
+    if !connecting || syscall_arg(regs, &off, 0) as i32 != event.fd {
         let _ = BLOCKED_THREADS.remove(&pid_tgid);
         return 0;
     }
