@@ -42,6 +42,9 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
                                   kill it with SIGKILL before the handshake ends
   fastopen ADDR PORT              connect with TCP Fast Open: sendto(MSG_FASTOPEN) of an HTTP
                                   request on a new socket, no connect call
+  ports-exhausted MODE            with one local port (set by the caller), connect to a listener
+                                  twice; the second connect, MODE block or nonblock, fails
+                                  with EADDRNOTAVAIL after the socket entered SYN_SENT
   udp-reconnect ADDR PORT1 PORT2  connect a udp socket to PORT1 and send, then to PORT2 and send
   thread-connects COUNT           COUNT threads block in connect to a full listener; SIGUSR1
                                   (no SA_RESTART) interrupts the odd ones, SIGUSR2 (SA_RESTART)
@@ -71,6 +74,7 @@ fn main() {
         "connect" => connect(rest),
         "connect-later" => connect_later(rest),
         "udp-reconnect" => udp_reconnect(rest),
+        "ports-exhausted" => ports_exhausted(rest),
         "fastopen" => fastopen(rest),
         "fork-connect-killed" => fork_connect_killed(),
         "dns-exchange" => dns_exchange(rest),
@@ -607,6 +611,27 @@ fn udp_reconnect(args: &[String]) {
         let sent = unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
         say(&format!("{key}_sent"), sent);
     }
+}
+
+fn ports_exhausted(args: &[String]) {
+    let flags = match arg(args, 0, "MODE") {
+        "block" => 0,
+        "nonblock" => libc::SOCK_NONBLOCK,
+        other => fail(&format!("MODE must be block or nonblock, got {other:?}")),
+    };
+    say("pid", getpid());
+    // A fixed port, so the listener leaves the one local port to connects;
+    // the caller's namespace is private, so it is free.
+    let listener = std::net::TcpListener::bind("127.0.0.1:5555").unwrap_or_else(|e| fail(&format!("listen: {e}")));
+    let address = listener.local_addr().unwrap_or_else(|e| fail(&format!("listener address: {e}")));
+    say("port", address.port());
+    let first = open_socket(address, libc::SOCK_STREAM);
+    if raw_connect(first, address) != 0 {
+        fail("the first connect failed");
+    }
+    let second = open_socket(address, libc::SOCK_STREAM | flags);
+    say("fd", second);
+    say("errno", raw_connect(second, address));
 }
 
 fn fastopen(args: &[String]) {
