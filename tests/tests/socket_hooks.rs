@@ -1,8 +1,10 @@
 //! The socket tracepoints (the default `probes.socket_hooks`) against odd
 //! but legal uses of connect and send: reconnected datagram sockets,
-//! restarted and timed-out connects, signals and many threads at once.
-//! Each record is compared with what the workload's own syscalls returned.
-//! Every peer is on loopback or in a network namespace the test creates.
+//! restarted and timed-out connects, Fast Open, DNS over IPv6, signals and
+//! many threads at once. Each record is compared with what the workload's
+//! own syscalls returned. The file hooks, which attach and detach with the
+//! agents followed, are checked here too. Every peer is on loopback or in
+//! a network namespace the test creates.
 
 use std::{net::UdpSocket, path::PathBuf, process::Command, time::Duration};
 
@@ -471,4 +473,24 @@ fn no_local_port_not_aborted() {
             assert_eq!(record["network"]["result"], "EADDRNOTAVAIL", "{mode}: {record}");
         }
     }
+}
+
+/// The kernel accepts a sockaddr longer than sockaddr_in (up to
+/// sockaddr_storage): only the address part is read and reported.
+#[test]
+fn long_sockaddr_connect() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
+    let port = listener.local_addr().expect("listener address").port();
+    let output = run_workload(&["connect", "tcp", "block", "127.0.0.1", &port.to_string(), "110"]);
+    let pid = output_number(&output, "pid");
+    assert_eq!(output_number(&output, "errno"), 0, "the kernel accepted the 110-byte sockaddr: {output}");
+
+    let record = sensor.expect("the connect", |r| {
+        r["kind"] == "net.connect" && r["process"]["pid"] == pid && r["network"]["destination"]["port"] == port
+    });
+    let expected = serde_json::json!({"address": "127.0.0.1", "port": port, "family": "ipv4"});
+    assert_eq!(record["network"]["destination"], expected, "{record}");
+    assert_eq!(record["network"]["result"], "ok", "{record}");
 }
