@@ -479,6 +479,9 @@ pub struct KernelOffsets {
     /// blocking connect return EINTR.
     pub sigaction_handler: u32,
     pub sigaction_flags: u32,
+    /// `sock::sk_sndtimeo` in jiffies: SO_SNDTIMEO also bounds a blocking
+    /// connect, which then returns EINPROGRESS while its handshake goes on.
+    pub sock_sndtimeo: u32,
 }
 
 /// Settings the daemon writes into the programs' read-only data before load.
@@ -593,7 +596,7 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 68 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 69 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
 const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());

@@ -18,7 +18,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
             bpf_ringbuf_output, bpf_ringbuf_query, bpf_task_pt_regs,
         },
     },
@@ -82,9 +82,16 @@ static BLOCKED_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1638
 
 /// Connected datagram sockets already reported, keyed by the socket's
 /// kernel address and its inode number (addresses are reused, inodes are
-/// not while the host is up).
+/// not while the host is up). The value is the destination reported: port,
+/// then the address's two halves, so a socket connected again elsewhere is
+/// reported again.
 #[map]
-static DATAGRAM_SEEN: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384, 0);
+static DATAGRAM_SEEN: LruHashMap<[u64; 2], [u64; 3]> = LruHashMap::with_max_entries(16384, 0);
+
+/// The jiffy at which SO_SNDTIMEO ends a blocked connect, keyed by socket,
+/// for connects on sockets with a send timeout.
+#[map]
+static BLOCKED_DEADLINES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Processes in agent trees, keyed by tgid: filled by the daemon when it
 /// recognises an agent, inherited at fork, removed at exit.
@@ -1217,15 +1224,25 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
     if family != AF_INET && family != AF_INET6 {
         return;
     }
+    // Few locals here: this function's stack adds to its caller's, and the
+    // verifier caps the sum at 512 bytes.
+    let mut destination = [dport as u64, 0, 0];
+    if family == AF_INET {
+        destination[1] = read_kernel::<u32>(sk, off.sock_daddr) as u64;
+    } else {
+        let halves: [u64; 2] = read_kernel(sk, off.sock_v6_daddr);
+        destination[1] = halves[0];
+        destination[2] = halves[1];
+    }
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     let (inode, _) = socket_inode_of_fd(task, fd, off);
     let key = [sk, inode];
-    // SAFETY: the value is only tested.
-    if unsafe { DATAGRAM_SEEN.get(&key) }.is_some() {
+    // SAFETY: the value is copied out at once.
+    if unsafe { DATAGRAM_SEEN.get(&key) }.copied() == Some(destination) {
         return;
     }
-    let _ = DATAGRAM_SEEN.insert(&key, &1, 0);
+    let _ = DATAGRAM_SEEN.insert(&key, &destination, 0);
 
     let mut event = ConnectEvent {
         header: current_header(EventKind::Connect, task, off),
@@ -1249,11 +1266,10 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
     event.sockaddr[2] = port[0];
     event.sockaddr[3] = port[1];
     if family == AF_INET {
-        let address: [u8; 4] = read_kernel(sk, off.sock_daddr);
-        event.sockaddr[4..8].copy_from_slice(&address);
+        event.sockaddr[4..8].copy_from_slice(&(destination[1] as u32).to_ne_bytes());
     } else {
-        let address: [u8; 16] = read_kernel(sk, off.sock_v6_daddr);
-        event.sockaddr[8..24].copy_from_slice(&address);
+        event.sockaddr[8..16].copy_from_slice(&destination[1].to_ne_bytes());
+        event.sockaddr[16..24].copy_from_slice(&destination[2].to_ne_bytes());
         event.addr_len = 28;
     }
 
@@ -1350,15 +1366,26 @@ pub fn tcp_state_change(ctx: RawTracePointContext) -> i32 {
 fn connect_started(sk: u64) {
     let off = offsets();
     let regs = syscall_registers(&off);
-    if syscall_number(regs, &off) != config().syscalls.connect {
+    let syscall = syscall_number(regs, &off);
+    let nr = config().syscalls;
+    if syscall != nr.connect {
+        // TCP Fast Open (MSG_FASTOPEN) connects inside sendto or sendmsg.
+        if syscall == nr.sendto || syscall == nr.sendmsg {
+            fast_open_started(sk, regs, &off);
+        }
         return;
     }
-    let fd = syscall_arg(regs, &off, 0) as i32;
-    let uaddr = syscall_arg(regs, &off, 1);
-    let addr_len = syscall_arg(regs, &off, 2) as u32;
+    connect_call_started(sk, regs, &off);
+}
+
+/// Builds the connect record of a connect call from its arguments.
+fn connect_call_started(sk: u64, regs: u64, off: &KernelOffsets) {
+    let fd = syscall_arg(regs, off, 0) as i32;
+    let uaddr = syscall_arg(regs, off, 1);
+    let addr_len = syscall_arg(regs, off, 2) as u32;
     let mut event = ConnectEvent {
         // SAFETY: the helper has no preconditions.
-        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, &off),
+        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, off),
         result: 0,
         async_result: 0,
         fd,
@@ -1383,10 +1410,53 @@ fn connect_started(sk: u64) {
         unsafe { bpf_probe_read_user(event.sockaddr.as_mut_ptr().cast(), 24, uaddr as *const _) };
     }
 
+    connect_recorded(sk, &mut event, off);
+}
+
+/// Builds the connect record of a TCP Fast Open connect, whose
+/// destination the kernel has already stored in the socket.
+fn fast_open_started(sk: u64, regs: u64, off: &KernelOffsets) {
+    let family: u16 = read_kernel(sk, off.sock_family);
+    let mut event = ConnectEvent {
+        // SAFETY: the helper has no preconditions.
+        header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, off),
+        result: 0,
+        async_result: 0,
+        fd: syscall_arg(regs, off, 0) as i32,
+        sock_type: SOCK_STREAM,
+        family,
+        // SAFETY: the helper has no preconditions.
+        connect_id: unsafe { bpf_ktime_get_ns() },
+        sockaddr: [0; SOCKADDR_CAPACITY],
+        addr_len: 16,
+        netns: 0,
+        _pad: 0,
+    };
+    event.sockaddr[0..2].copy_from_slice(&family.to_ne_bytes());
+    event.sockaddr[2..4].copy_from_slice(&read_kernel::<u16>(sk, off.sock_dport).to_ne_bytes());
+    if family == AF_INET {
+        event.sockaddr[4..8].copy_from_slice(&read_kernel::<u32>(sk, off.sock_daddr).to_ne_bytes());
+    } else if family == AF_INET6 {
+        let halves: [u64; 2] = read_kernel(sk, off.sock_v6_daddr);
+        event.sockaddr[8..16].copy_from_slice(&halves[0].to_ne_bytes());
+        event.sockaddr[16..24].copy_from_slice(&halves[1].to_ne_bytes());
+        event.addr_len = 28;
+    } else {
+        return;
+    }
+    connect_recorded(sk, &mut event, off);
+}
+
+/// Watches a new connect's socket and reports it: at once when it does
+/// not block, else when its handshake ends or a signal interrupts it.
+#[inline(always)]
+fn connect_recorded(sk: u64, event: &mut ConnectEvent, off: &KernelOffsets) {
+    let fd = event.fd;
+    let addr_len = event.addr_len;
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
-    event.netns = net_namespace(task, &off);
-    let (_, file_flags) = socket_inode_of_fd(task, fd, &off);
+    event.netns = net_namespace(task, off);
+    let (_, file_flags) = socket_inode_of_fd(task, fd, off);
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = ConnectArgs {
         sock: sk,
@@ -1403,10 +1473,22 @@ fn connect_started(sk: u64) {
     if file_flags & O_NONBLOCK != 0 {
         event.result = -EINPROGRESS;
         event.header.flags |= CONNECT_FLAG_PENDING;
-        await_handshake(sk, &event);
-        output(EventKind::Connect, &event);
+        await_handshake(sk, event);
+        output(EventKind::Connect, &*event);
     } else {
-        let _ = BLOCKED_CONNECTS.insert(&sk, &event, 0);
+        // MAX_SCHEDULE_TIMEOUT (LONG_MAX) unless SO_SNDTIMEO is set.
+        let timeout: i64 = read_kernel(sk, off.sock_sndtimeo);
+        if timeout > 0 && timeout != i64::MAX {
+            // NOTE: the kernel starts its wait in this jiffy or a later
+            // one, so a handshake that ends within a jiffy of the deadline
+            // may be reported as EINPROGRESS though the connect saw it end.
+            // SAFETY: the helper has no preconditions.
+            let deadline = unsafe { bpf_jiffies64() } + timeout as u64;
+            let _ = BLOCKED_DEADLINES.insert(&sk, &deadline, 0);
+        } else {
+            let _ = BLOCKED_DEADLINES.remove(&sk);
+        }
+        let _ = BLOCKED_CONNECTS.insert(&sk, &*event, 0);
         let _ = BLOCKED_THREADS.insert(&pid_tgid, &sk, 0);
     }
 }
@@ -1439,7 +1521,19 @@ fn handshake_ended(sk: u64, new_state: i32) {
     if let Some(blocked) = BLOCKED_CONNECTS.get_ptr_mut(&sk) {
         // SAFETY: a live map value of this program's map.
         let event = unsafe { &mut *blocked };
-        event.result = result;
+        // SAFETY: the value is copied out at once.
+        let deadline = unsafe { BLOCKED_DEADLINES.get(&sk) }.copied();
+        // SAFETY: the helper has no preconditions.
+        if deadline.is_some_and(|deadline| unsafe { bpf_jiffies64() } >= deadline) {
+            // The send timeout ended the connect with EINPROGRESS before
+            // the handshake did, so this is the outcome of that connect.
+            event.result = -EINPROGRESS;
+            event.async_result = result;
+            event.header.flags |= CONNECT_FLAG_ASYNC_DONE;
+        } else {
+            event.result = result;
+        }
+        let _ = BLOCKED_DEADLINES.remove(&sk);
         // SAFETY: the helper has no preconditions.
         event.header.time_ns = unsafe { bpf_ktime_get_boot_ns() };
         let thread = ((event.header.pid as u64) << 32) | event.header.tid as u64;
@@ -1461,21 +1555,40 @@ pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let off = offsets();
+    let Some(blocked) = BLOCKED_CONNECTS.get_ptr_mut(&sk) else {
+        let _ = BLOCKED_THREADS.remove(&pid_tgid);
+        return 0;
+    };
+    // SAFETY: a live map value of this program's map.
+    let event = unsafe { &mut *blocked };
+
+    // A connect that SO_SNDTIMEO ended left its entry behind: the signal
+    // then interrupts some later syscall of the thread.
+    let regs = syscall_registers(&off);
+    let syscall = syscall_number(regs, &off);
+    let nr = config().syscalls;
+    let connecting = syscall == nr.connect || syscall == nr.sendto || syscall == nr.sendmsg;
+    if !connecting || syscall_arg(regs, &off, 0) as i32 != event.fd {
+        let _ = BLOCKED_THREADS.remove(&pid_tgid);
+        return 0;
+    }
+
     // SAFETY: the tracepoint's arguments are (int, struct kernel_siginfo *,
     // struct k_sigaction *).
     let action = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
     let handler: u64 = read_kernel(action, off.sigaction_handler);
     let flags: u64 = read_kernel(action, off.sigaction_flags);
+    // With a send timeout the kernel returns EINTR, not ERESTARTSYS, so
+    // SA_RESTART does not restart the connect (sock_intr_errno).
+    // SAFETY: the value is only tested.
+    let restarts = flags & SA_RESTART != 0 && unsafe { BLOCKED_DEADLINES.get(&sk) }.is_none();
     // SIG_DFL here is a fatal signal: the connect never returns.
-    if action == 0 || handler == 0 || handler == SIG_IGN || flags & SA_RESTART != 0 {
+    if action == 0 || handler == 0 || handler == SIG_IGN || restarts {
         return 0;
     }
+
     let _ = BLOCKED_THREADS.remove(&pid_tgid);
-    let Some(blocked) = BLOCKED_CONNECTS.get_ptr_mut(&sk) else {
-        return 0;
-    };
-    // SAFETY: a live map value of this program's map.
-    let event = unsafe { &mut *blocked };
+    let _ = BLOCKED_DEADLINES.remove(&sk);
     event.result = -EINTR;
     event.header.flags |= CONNECT_FLAG_PENDING;
     // SAFETY: the helper has no preconditions.

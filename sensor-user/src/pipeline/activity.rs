@@ -16,6 +16,18 @@ use crate::{
 
 const AT_FDCWD: i32 = -100;
 
+/// Returns whether `pid` names a process that has not exited: its
+/// `/proc/PID/stat` is readable and its state is not zombie (Z) or dead
+/// (X), because the kernel's exit hook has already run for those.
+fn process_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which may itself hold ") ".
+    let state = stat.rfind(") ").and_then(|end| stat[end + 2..].chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
 impl Pipeline {
     /// Feeds a detection signal to the agents stage and records what changed.
     pub(super) fn detect_agent(&mut self, key: ProcKey, detection: Detection, time_ns: u64) -> anyhow::Result<()> {
@@ -74,13 +86,8 @@ impl Pipeline {
     /// descendants). Failure loses only that enrichment, so it is logged.
     fn track_in_kernel(&mut self, root: ProcKey) {
         let Some(session) = self.agents.agent_of(&root).map(|a| a.session.number) else { return };
-        if let Some(tracked) = &mut self.tracked {
-            let value = TrackedProcess { session_id: session, root_pid: root.pid, _pad: 0 };
-            match tracked.insert(root.pid, value, 0) {
-                Ok(()) => self.tracking_started = true,
-                Err(error) => log::warn!("cannot add pid {} to the kernel's agent map: {error}", root.pid),
-            }
-        }
+        let value = TrackedProcess { session_id: session, root_pid: root.pid, _pad: 0 };
+        self.insert_tracked(root.pid, value);
     }
 
     /// Attaches the file-operation hooks once an agent is followed. They
@@ -106,9 +113,10 @@ impl Pipeline {
     /// Detaches the file-operation hooks when no process of any agent tree
     /// is left in the kernel's map.
     pub fn release_file_hooks(&mut self, probes: &mut Probes) -> anyhow::Result<()> {
-        if !probes.file_hooks_attached() || self.tracking_started {
+        if !probes.file_hooks_attached() || probes.file_hooks_always() || self.tracking_started {
             return Ok(());
         }
+        self.prune_tracked();
         let followed = self.tracked.as_ref().is_some_and(|map| map.keys().next().is_some());
         if followed {
             return Ok(());
@@ -130,13 +138,37 @@ impl Pipeline {
             return;
         }
         let value = TrackedProcess { session_id: agent.session.number, root_pid: agent.key.pid, _pad: 0 };
-        if let Some(tracked) = &mut self.tracked {
-            if tracked.get(&key.pid, 0).is_err() {
-                match tracked.insert(key.pid, value, 0) {
-                    Ok(()) => self.tracking_started = true,
-                    Err(error) => log::warn!("cannot add pid {} to the kernel's agent map: {error}", key.pid),
-                }
-            }
+        if self.tracked.as_ref().is_some_and(|tracked| tracked.get(&key.pid, 0).is_err()) {
+            self.insert_tracked(key.pid, value);
+        }
+    }
+
+    /// Adds `pid` to the kernel's agent map. The daemon reads records after
+    /// the fact, so the process may have exited already, and the kernel
+    /// removes a pid only at its exit: an entry added after that would stay
+    /// forever and keep the file hooks attached. So the pid is removed again
+    /// when the process is gone once inserted.
+    fn insert_tracked(&mut self, pid: u32, value: TrackedProcess) {
+        let Some(tracked) = &mut self.tracked else { return };
+        if let Err(error) = tracked.insert(pid, value, 0) {
+            log::warn!("cannot add pid {pid} to the kernel's agent map: {error}");
+            return;
+        }
+        if process_running(pid) {
+            self.tracking_started = true;
+        } else {
+            let _ = tracked.remove(&pid);
+        }
+    }
+
+    /// Removes the entries of processes that are gone from the kernel's
+    /// agent map, whatever left them there.
+    fn prune_tracked(&mut self) {
+        let Some(tracked) = &mut self.tracked else { return };
+        let exited: Vec<u32> = tracked.keys().filter_map(Result::ok).filter(|pid| !process_running(*pid)).collect();
+        for pid in exited {
+            log::debug!("removing pid {pid}, which has exited, from the kernel's agent map");
+            let _ = tracked.remove(&pid);
         }
     }
 

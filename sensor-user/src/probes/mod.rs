@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint, UProbe},
+    programs::{ProgramError, RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use sensor_common::{EventKind, ProgramConfig, SyscallNumbers, EVENT_KIND_COUNT};
@@ -361,6 +361,12 @@ impl Probes {
         !self.file_links.is_empty()
     }
 
+    /// True with `probes.file_hooks = "always"`, where the file hooks stay
+    /// attached whether or not an agent is followed.
+    pub fn file_hooks_always(&self) -> bool {
+        self.file_hooks_always
+    }
+
     /// Attaches the file-operation hooks for the agents now followed;
     /// returns the targets attached, or why none could be.
     pub fn attach_file_hooks(&mut self) -> Result<Vec<String>, String> {
@@ -433,19 +439,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Loads `program` into the kernel. A program loaded before (the file
+/// hooks are loaded early to learn whether they can be deferred) is fine.
 fn load(ebpf: &mut Ebpf, program: &str, kind: &Hook) -> Result<(), String> {
     let Some(prog) = ebpf.program_mut(program) else {
         return Err("program missing from the eBPF object".to_owned());
     };
-    match kind {
+    let result = match kind {
         Hook::TracePoint { .. } => {
             let tp: &mut TracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
-            tp.load().map_err(|e| format!("load: {}", error_chain(&e)))
+            tp.load()
         }
         Hook::Raw { .. } => {
             let tp: &mut RawTracePoint = prog.try_into().map_err(|e| error_chain(&e))?;
-            tp.load().map_err(|e| format!("load: {}", error_chain(&e)))
+            tp.load()
         }
+    };
+    match result {
+        Ok(()) | Err(ProgramError::AlreadyLoaded) => Ok(()),
+        Err(error) => Err(format!("load: {}", error_chain(&error))),
     }
 }
 

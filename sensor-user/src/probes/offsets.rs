@@ -87,6 +87,7 @@ fn resolve_syscall_registers(btf: &Btf, o: &mut KernelOffsets) -> Result<(), Btf
     o.sock_daddr = btf.member_offset("sock", "__sk_common.skc_daddr")?;
     o.sock_v6_daddr = btf.member_offset("sock", "__sk_common.skc_v6_daddr")?;
     o.sock_type = btf.member_offset("sock", "sk_type")?;
+    o.sock_sndtimeo = btf.member_offset("sock", "sk_sndtimeo")?;
     o.sigaction_handler = btf.member_offset("k_sigaction", "sa.sa_handler")?;
     o.sigaction_flags = btf.member_offset("k_sigaction", "sa.sa_flags")?;
     Ok(())

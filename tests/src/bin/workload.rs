@@ -27,8 +27,28 @@ const USAGE: &str = "usage: workload SUBCOMMAND ARGS...
   connect PROTO MODE ADDR PORT [ADDRLEN]
                                   connect a tcp or udp socket, MODE block or nonblock,
                                   passing ADDRLEN as the sockaddr length when given
-  connect-later [interrupt]       non-blocking connect whose handshake ends after the syscall;
-                                  with `interrupt`, a blocking one that SIGALRM interrupts
+  connect-later [interrupt|restart|sndtimeo|sndtimeo-restart]
+                                  non-blocking connect whose handshake ends after the syscall;
+                                  with `interrupt`, a blocking one that SIGALRM interrupts;
+                                  with `restart`, a blocking one that SIGALRM (SA_RESTART) does not;
+                                  with `sndtimeo`, a blocking one that SO_SNDTIMEO ends early,
+                                  followed by a SIGALRM while the thread sleeps;
+                                  with `sndtimeo-restart`, a blocking one with a 5 s SO_SNDTIMEO
+                                  that SIGALRM (SA_RESTART) interrupts all the same
+  dns-exchange MODE ADDR NAME      answer one A query for NAME on ADDR port 53 from a thread and
+                                  ask it, MODE connected (connect, send, recv) or sendto
+                                  (sendto, recvfrom); run it in a network namespace of its own
+  fork-connect-killed             fork a child that blocks in connect to a full listener, and
+                                  kill it with SIGKILL before the handshake ends
+  fastopen ADDR PORT              connect with TCP Fast Open: sendto(MSG_FASTOPEN) of an HTTP
+                                  request on a new socket, no connect call
+  ports-exhausted MODE            with one local port (set by the caller), connect to a listener
+                                  twice; the second connect, MODE block or nonblock, fails
+                                  with EADDRNOTAVAIL after the socket entered SYN_SENT
+  udp-reconnect ADDR PORT1 PORT2  connect a udp socket to PORT1 and send, then to PORT2 and send
+  thread-connects COUNT           COUNT threads block in connect to a full listener; SIGUSR1
+                                  (no SA_RESTART) interrupts the odd ones, SIGUSR2 (SA_RESTART)
+                                  the even ones
   pidns MARKER                    run `/bin/true MARKER-init` as pid 1 of a new pid namespace,
                                   after its child ran `/bin/true MARKER-inner`
   pid-reuse MARKER MODE PORT      give a new process the pid of an exited one with clone3,
@@ -53,6 +73,12 @@ fn main() {
         "fork-connect" => fork_connect(rest),
         "connect" => connect(rest),
         "connect-later" => connect_later(rest),
+        "udp-reconnect" => udp_reconnect(rest),
+        "ports-exhausted" => ports_exhausted(rest),
+        "fastopen" => fastopen(rest),
+        "fork-connect-killed" => fork_connect_killed(),
+        "dns-exchange" => dns_exchange(rest),
+        "thread-connects" => thread_connects(rest),
         "pidns" => pidns(rest),
         "pid-reuse" => pid_reuse(rest),
         "wait-fork-exec" => wait_fork_exec(rest),
@@ -440,33 +466,41 @@ extern "C" fn ignore_signal(_: c_int) {}
 /// Makes SIGALRM interrupt a blocking syscall after `delay`: the handler is
 /// installed without SA_RESTART, so the syscall fails with EINTR.
 fn interrupt_after(delay: Duration) {
+    handle_signal(libc::SIGALRM, false);
+    alarm_after(delay);
+}
+
+/// How `connect-later` makes its second connect.
+#[derive(Clone, Copy, PartialEq)]
+enum LaterMode {
+    Nonblocking,
+    Interrupt,
+    Restart,
+    SendTimeout,
+    SendTimeoutRestart,
+}
+
+/// Installs a handler that does nothing for `signal`, with SA_RESTART
+/// when `restart`.
+fn handle_signal(signal: c_int, restart: bool) {
     // SAFETY: an all-zero sigaction is valid; the fields set below complete it.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
+    action.sa_flags = if restart { libc::SA_RESTART } else { 0 };
     // SAFETY: action is a valid sigaction and the old one is not requested.
-    check(unsafe { libc::sigaction(libc::SIGALRM, &action, ptr::null_mut()) }, "sigaction");
-    let timer = libc::itimerval {
-        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
-        it_value: libc::timeval { tv_sec: delay.as_secs() as libc::time_t, tv_usec: delay.subsec_micros() as libc::suseconds_t },
-    };
-    // SAFETY: timer is valid and the old value is not requested.
-    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, ptr::null_mut()) }, "setitimer");
+    check(unsafe { libc::sigaction(signal, &action, ptr::null_mut()) }, "sigaction");
 }
 
-fn connect_later(args: &[String]) {
-    let interrupt = match args.first().map(String::as_str) {
-        None => false,
-        Some("interrupt") => true,
-        Some(other) => fail(&format!("connect-later takes no argument or `interrupt`, got {other:?}")),
-    };
+/// Binds a TCP listener on 127.0.0.1 with a backlog of 0 and fills its
+/// accept queue with one connection. While that one waits, the listener
+/// drops further SYNs, so the next client's handshake ends only at its SYN
+/// retransmission, about a second later. Returns the listener and address.
+fn full_listener() -> (c_int, SocketAddr) {
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|_| fail("bad loopback address"));
     let listener = open_socket(loopback, libc::SOCK_STREAM);
     let (storage, len) = raw_sockaddr(loopback);
     // SAFETY: storage contains a sockaddr of `len` bytes.
     check(unsafe { libc::bind(listener, (&storage as *const libc::sockaddr_storage).cast(), len) }, "bind");
-    // A backlog of 0 lets one connection wait in the accept queue. While it
-    // waits, the listener drops further SYNs, so the next client's handshake
-    // ends only at its SYN retransmission, about a second later.
     // SAFETY: listen has no memory arguments.
     check(unsafe { libc::listen(listener, 0) }, "listen");
     // SAFETY: an all-zero sockaddr_in is valid.
@@ -475,25 +509,285 @@ fn connect_later(args: &[String]) {
     // SAFETY: bound and bound_len are valid out pointers of the sizes given.
     check(unsafe { libc::getsockname(listener, (&mut bound as *mut libc::sockaddr_in).cast(), &mut bound_len) }, "getsockname");
     let address = SocketAddr::new(loopback.ip(), u16::from_be(bound.sin_port));
-
     let first = open_socket(address, libc::SOCK_STREAM);
     if raw_connect(first, address) != 0 {
         fail("the first connect to the backlog-0 listener failed");
     }
+    (listener, address)
+}
+
+fn connect_later(args: &[String]) {
+    let mode = match args.first().map(String::as_str) {
+        None => LaterMode::Nonblocking,
+        Some("interrupt") => LaterMode::Interrupt,
+        Some("restart") => LaterMode::Restart,
+        Some("sndtimeo") => LaterMode::SendTimeout,
+        Some("sndtimeo-restart") => LaterMode::SendTimeoutRestart,
+        Some(other) => fail(&format!(
+            "connect-later takes no argument, `interrupt`, `restart`, `sndtimeo` or `sndtimeo-restart`, got {other:?}"
+        )),
+    };
+    let (listener, address) = full_listener();
     say("pid", getpid());
     say("port", address.port());
-    let flags = if interrupt { 0 } else { libc::SOCK_NONBLOCK };
+    let flags = if mode == LaterMode::Nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     let second = open_socket(address, libc::SOCK_STREAM | flags);
     say("fd", second);
-    if interrupt {
-        interrupt_after(Duration::from_millis(100));
+    match mode {
+        LaterMode::Interrupt => interrupt_after(Duration::from_millis(100)),
+        LaterMode::Restart => {
+            handle_signal(libc::SIGALRM, true);
+            alarm_after(Duration::from_millis(100));
+            // The restarted connect blocks again, so no accept can come
+            // from this thread: a larger backlog lets the SYN's
+            // retransmission in instead.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                // SAFETY: listen has no memory arguments.
+                unsafe { libc::listen(listener, 16) };
+            });
+        }
+        LaterMode::SendTimeout => set_send_timeout(second, libc::timeval { tv_sec: 0, tv_usec: 100_000 }),
+        LaterMode::SendTimeoutRestart => {
+            set_send_timeout(second, libc::timeval { tv_sec: 5, tv_usec: 0 });
+            handle_signal(libc::SIGALRM, true);
+            alarm_after(Duration::from_millis(100));
+        }
+        LaterMode::Nonblocking => {}
     }
     let result = raw_connect(second, address);
     say("errno", result);
+    if mode == LaterMode::SendTimeout {
+        // The connect has returned while its handshake goes on. A signal
+        // now interrupts the sleep, not the connect.
+        interrupt_after(Duration::from_millis(20));
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        // SAFETY: pause is a valid timespec and the remainder is not requested.
+        let slept = unsafe { libc::nanosleep(&pause, ptr::null_mut()) };
+        say("sleep_errno", if slept == 0 { 0 } else { errno() });
+    }
     std::thread::sleep(Duration::from_millis(100));
     // SAFETY: accept with null address pointers is allowed.
     check(unsafe { libc::accept(listener, ptr::null_mut(), ptr::null_mut()) }, "accept");
     say("so_error", await_connect(second, Duration::from_secs(10)));
+}
+
+fn set_send_timeout(fd: c_int, timeout: libc::timeval) {
+    // SAFETY: the option value is a timeval of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    check(ret, "setsockopt(SO_SNDTIMEO)");
+}
+
+/// Arms a one-shot ITIMER_REAL, which sends SIGALRM after `delay`.
+fn alarm_after(delay: Duration) {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        it_value: libc::timeval { tv_sec: delay.as_secs() as libc::time_t, tv_usec: delay.subsec_micros() as libc::suseconds_t },
+    };
+    // SAFETY: timer is valid and the old value is not requested.
+    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, ptr::null_mut()) }, "setitimer");
+}
+
+fn udp_reconnect(args: &[String]) {
+    let first = socket_address(arg(args, 0, "ADDR"), arg(args, 1, "PORT1"));
+    let second = socket_address(arg(args, 0, "ADDR"), arg(args, 2, "PORT2"));
+    say("pid", getpid());
+    let fd = open_socket(first, libc::SOCK_DGRAM);
+    say("fd", fd);
+    for (key, address) in [("first", first), ("second", second)] {
+        let result = raw_connect(fd, address);
+        if result != 0 {
+            fail(&format!("connect to {address}: {}", std::io::Error::from_raw_os_error(result)));
+        }
+        // SAFETY: sends one byte from a static.
+        let sent = unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
+        say(&format!("{key}_sent"), sent);
+    }
+}
+
+fn ports_exhausted(args: &[String]) {
+    let flags = match arg(args, 0, "MODE") {
+        "block" => 0,
+        "nonblock" => libc::SOCK_NONBLOCK,
+        other => fail(&format!("MODE must be block or nonblock, got {other:?}")),
+    };
+    say("pid", getpid());
+    // A fixed port, so the listener leaves the one local port to connects;
+    // the caller's namespace is private, so it is free.
+    let listener = std::net::TcpListener::bind("127.0.0.1:5555").unwrap_or_else(|e| fail(&format!("listen: {e}")));
+    let address = listener.local_addr().unwrap_or_else(|e| fail(&format!("listener address: {e}")));
+    say("port", address.port());
+    let first = open_socket(address, libc::SOCK_STREAM);
+    if raw_connect(first, address) != 0 {
+        fail("the first connect failed");
+    }
+    let second = open_socket(address, libc::SOCK_STREAM | flags);
+    say("fd", second);
+    say("errno", raw_connect(second, address));
+}
+
+fn fastopen(args: &[String]) {
+    let address = socket_address(arg(args, 0, "ADDR"), arg(args, 1, "PORT"));
+    say("pid", getpid());
+    let fd = open_socket(address, libc::SOCK_STREAM);
+    say("fd", fd);
+    let request = b"GET /fastopen HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (storage, len) = raw_sockaddr(address);
+    // SAFETY: sends `request` to the sockaddr in `storage`, `len` bytes.
+    let sent = unsafe {
+        libc::sendto(fd, request.as_ptr().cast(), request.len(), libc::MSG_FASTOPEN, (&storage as *const libc::sockaddr_storage).cast(), len)
+    };
+    say("sent", check(sent, "sendto(MSG_FASTOPEN)"));
+}
+
+fn fork_connect_killed() {
+    let (_listener, address) = full_listener();
+    say("pid", getpid());
+    say("port", address.port());
+    let child = fork();
+    if child == 0 {
+        let fd = open_socket(address, libc::SOCK_STREAM);
+        raw_connect(fd, address);
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(0) };
+    }
+    say("child", child);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with the pid of our own child.
+    check(unsafe { libc::kill(child, libc::SIGKILL) }, "kill");
+    let status = wait_for(child);
+    say("killed", i32::from(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL));
+}
+
+/// The address every answer of `dns-exchange` carries.
+const DNS_ANSWER: [u8; 4] = [10, 1, 2, 3];
+
+/// Encodes a DNS query for the A record of `name`, with id 0x1234.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// Turns `query` into its answer: one A record, pointing back at the
+/// question's name, with [`DNS_ANSWER`].
+fn dns_answer(query: &[u8]) -> Vec<u8> {
+    let mut answer = query.to_vec();
+    answer[2] = 0x81;
+    answer[3] = 0x80;
+    answer[7] = 1;
+    answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    answer.extend_from_slice(&DNS_ANSWER);
+    answer
+}
+
+fn dns_exchange(args: &[String]) {
+    let connected = match arg(args, 0, "MODE") {
+        "connected" => true,
+        "sendto" => false,
+        other => fail(&format!("MODE must be connected or sendto, got {other:?}")),
+    };
+    let server_address = socket_address(arg(args, 1, "ADDR"), "53");
+    let name = arg(args, 2, "NAME");
+    say("pid", getpid());
+    let server = std::net::UdpSocket::bind(server_address).unwrap_or_else(|e| fail(&format!("bind {server_address}: {e}")));
+    let responder = std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        let (len, peer) = server.recv_from(&mut buffer).unwrap_or_else(|e| fail(&format!("receive the query: {e}")));
+        server.send_to(&dns_answer(&buffer[..len]), peer).unwrap_or_else(|e| fail(&format!("send the answer: {e}")));
+    });
+
+    let fd = open_socket(server_address, libc::SOCK_DGRAM);
+    say("fd", fd);
+    let query = dns_query(name);
+    let (storage, len) = raw_sockaddr(server_address);
+    let sent = if connected {
+        let result = raw_connect(fd, server_address);
+        if result != 0 {
+            fail(&format!("connect to {server_address}: {}", std::io::Error::from_raw_os_error(result)));
+        }
+        // SAFETY: sends `query` from a live buffer of that length.
+        unsafe { libc::send(fd, query.as_ptr().cast(), query.len(), 0) }
+    } else {
+        // SAFETY: sends `query` to the sockaddr in `storage`, `len` bytes.
+        unsafe { libc::sendto(fd, query.as_ptr().cast(), query.len(), 0, (&storage as *const libc::sockaddr_storage).cast(), len) }
+    };
+    check(sent, "send the query");
+    let mut buffer = [0u8; 512];
+    let received = if connected {
+        // SAFETY: receives into a local buffer of the length passed.
+        unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) }
+    } else {
+        // SAFETY: receives into a local buffer of the length passed; the
+        // sender's address is not requested.
+        unsafe { libc::recvfrom(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0, ptr::null_mut(), ptr::null_mut()) }
+    };
+    say("received", check(received, "receive the answer"));
+    responder.join().unwrap_or_else(|_| fail("the responder panicked"));
+}
+
+fn thread_connects(args: &[String]) {
+    let count: usize = number(args, 0, "COUNT");
+    handle_signal(libc::SIGUSR1, false);
+    handle_signal(libc::SIGUSR2, true);
+    let (listener, address) = full_listener();
+    say("pid", getpid());
+    say("port", address.port());
+
+    let (sender, tids) = std::sync::mpsc::channel();
+    let workers: Vec<_> = (0..count)
+        .map(|index| {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let fd = open_socket(address, libc::SOCK_STREAM);
+                let _ = sender.send((index, gettid()));
+                let result = raw_connect(fd, address);
+                let so_error = if result == libc::EINTR { await_connect(fd, Duration::from_secs(20)) } else { result };
+                (gettid(), fd, result, so_error)
+            })
+        })
+        .collect();
+    let tids: Vec<(usize, i64)> = tids.iter().take(count).collect();
+
+    // Every worker has sent its tid just before its connect; this gives
+    // them time to block in it.
+    std::thread::sleep(Duration::from_millis(300));
+    for (index, tid) in &tids {
+        let signal = if index % 2 == 1 { libc::SIGUSR1 } else { libc::SIGUSR2 };
+        // SAFETY: tgkill with our own pid and a thread of ours.
+        check(unsafe { libc::syscall(libc::SYS_tgkill, getpid(), *tid, signal) }, "tgkill");
+    }
+
+    // A larger backlog lets the retransmitted SYNs in.
+    // SAFETY: listen has no memory arguments.
+    check(unsafe { libc::listen(listener, 1024) }, "listen");
+    let accepter = std::thread::spawn(move || {
+        for _ in 0..count + 1 {
+            // SAFETY: accept with null address pointers is allowed.
+            let fd = unsafe { libc::accept(listener, ptr::null_mut(), ptr::null_mut()) };
+            if fd < 0 {
+                break;
+            }
+        }
+    });
+
+    for worker in workers {
+        let (tid, fd, result, so_error) = worker.join().unwrap_or_else(|_| fail("a worker panicked"));
+        say("connect", format!("{tid} {fd} {result} {so_error}"));
+    }
+    drop(accepter);
 }
 
 fn pidns(args: &[String]) {
