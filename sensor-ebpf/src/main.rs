@@ -633,17 +633,7 @@ fn try_enter_connect(ctx: &TracePointContext) {
 /// Returns the `struct sock` behind a file descriptor and stores the
 /// socket's type, or 0 when the descriptor is out of range.
 fn socket_of_fd(task: u64, fd: i32, off: &KernelOffsets, sock_type: &mut u16) -> u64 {
-    if fd < 0 {
-        return 0;
-    }
-    let files: u64 = read_kernel(task, off.task_files);
-    let fdt: u64 = read_kernel(files, off.files_fdt);
-    let max_fds: u32 = read_kernel(fdt, off.fdtable_max_fds);
-    if fd as u32 >= max_fds {
-        return 0;
-    }
-    let fd_array: u64 = read_kernel(fdt, off.fdtable_fd);
-    let file: u64 = read_kernel(fd_array, fd as u32 * 8);
+    let file = file_of_fd(task, fd, off);
     let socket: u64 = read_kernel(file, off.file_private_data);
     *sock_type = read_kernel(socket, off.socket_type);
     read_kernel(socket, off.socket_sk)
