@@ -12,7 +12,7 @@ use serde_json::Value;
 /// A drain interval long enough, and a wakeup threshold high enough, that a
 /// short-lived process has exited when the daemon handles its exec record,
 /// as happens under load, so the tests below exercise that path every time.
-const SLOW_DRAIN: &str = "[probes]\ndrain_interval_ms = 500\nwakeup_bytes = 4194304\n";
+const SLOW_DRAIN: &str = "[probes]\nring_buffer_bytes = 8388608\ndrain_interval_ms = 500\nwakeup_bytes = 4194304\n";
 
 /// Waits for the exec record whose argv is exactly `expected`.
 fn exec_with_argv(sensor: &Sensor, expected: &[&str]) -> Value {
