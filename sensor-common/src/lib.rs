@@ -211,9 +211,9 @@ pub const CONNECT_FLAG_PENDING: u32 = 1 << 1;
 /// The connect returned EINPROGRESS but the handshake ended while the call
 /// was still running, so `async_result` already contains the outcome.
 pub const CONNECT_FLAG_ASYNC_DONE: u32 = 1 << 2;
-/// A datagram socket's connect, seen at its first send rather than at the
-/// connect call (the socket tracepoints have no hook in a datagram
-/// connect); `sockaddr` is the peer the kernel holds.
+/// A datagram socket's connect, seen at its first send, because the socket
+/// tracepoints have no hook in a datagram connect. `sockaddr` is the peer
+/// the kernel holds.
 pub const CONNECT_FLAG_FIRST_SEND: u32 = 1 << 3;
 
 /// An IPv4 or IPv6 `connect` call and its return value.
@@ -459,11 +459,10 @@ pub struct KernelOffsets {
     pub nsproxy_net_ns: u32,
     pub net_ns_inum: u32,
 
-    /// Where the user registers saved at syscall entry keep the syscall
-    /// number and its six arguments. With them, socket tracepoints read
-    /// the arguments of the send, receive or connect they fire inside, so
-    /// no syscall tracepoint (which slows every syscall on the host) is
-    /// needed.
+    /// Offsets of the syscall number and its six arguments in the user
+    /// registers saved at syscall entry. The socket tracepoints read the
+    /// arguments of the send, receive or connect they run inside from
+    /// there, so no syscall tracepoint is needed.
     pub regs_ok: u32,
     pub regs_nr: u32,
     pub regs_args: [u32; 6],

@@ -1180,8 +1180,7 @@ fn try_sock_send(ctx: &RawTracePointContext) {
             let addr = syscall_arg(regs, &off, 4);
             let addr_len = syscall_arg(regs, &off, 5);
             if addr != 0 && addr_len >= 16 {
-                let len = if (sent as u64) < arg2 { sent as u64 } else { arg2 };
-                sendto_dns(pid_tgid, fd, addr, arg1, len);
+                sendto_dns(pid_tgid, fd, addr, arg1, arg2.min(sent as u64));
                 return;
             }
         }
@@ -1199,35 +1198,24 @@ fn try_sock_send(ctx: &RawTracePointContext) {
         (arg1, arg2)
     };
     // Only what the kernel took was sent.
-    let len = if (sent as u64) < len { sent as u64 } else { len };
-    capture_write(pid_tgid, fd, buffer, len);
+    capture_write(pid_tgid, fd, buffer, len.min(sent as u64));
 }
 
 /// Reports the first send on a connected datagram socket as its connect,
 /// and starts copying it when it is a DNS socket.
 fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
-    let dport: u16 = read_kernel(sk, off.sock_dport);
-    if dport == 0 {
-        return;
-    }
-    let family: u16 = read_kernel(sk, off.sock_family);
-    if family != AF_INET && family != AF_INET6 {
-        return;
-    }
     // Few locals here: this function's stack adds to its caller's, and the
     // verifier caps the sum at 512 bytes.
-    let mut destination = [dport as u64, 0, 0];
-    if family == AF_INET {
-        destination[1] = read_kernel::<u32>(sk, off.sock_daddr) as u64;
-    } else {
-        let halves: [u64; 2] = read_kernel(sk, off.sock_v6_daddr);
-        destination[1] = halves[0];
-        destination[2] = halves[1];
+    let Some((family, destination)) = socket_peer(sk, off) else {
+        return;
+    };
+    if destination[0] == 0 {
+        return;
     }
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
-    let (inode, _) = socket_inode_of_fd(task, fd, off);
-    let key = [sk, inode];
+    let inode: u64 = read_kernel(file_of_fd(task, fd, off), off.file_inode);
+    let key = [sk, read_kernel(inode, off.inode_ino)];
     // SAFETY: the value is copied out at once.
     if unsafe { DATAGRAM_SEEN.get(&key) }.copied() == Some(destination) {
         return;
@@ -1249,21 +1237,9 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
         _pad: 0,
     };
     event.header.flags |= CONNECT_FLAG_FIRST_SEND;
-    let port = dport.to_ne_bytes();
-    let family_bytes = family.to_ne_bytes();
-    event.sockaddr[0] = family_bytes[0];
-    event.sockaddr[1] = family_bytes[1];
-    event.sockaddr[2] = port[0];
-    event.sockaddr[3] = port[1];
-    if family == AF_INET {
-        event.sockaddr[4..8].copy_from_slice(&(destination[1] as u32).to_ne_bytes());
-    } else {
-        event.sockaddr[8..16].copy_from_slice(&destination[1].to_ne_bytes());
-        event.sockaddr[16..24].copy_from_slice(&destination[2].to_ne_bytes());
-        event.addr_len = 28;
-    }
+    set_peer(&mut event, &destination);
 
-    if u16::from_be(dport) == DNS_PORT {
+    if u16::from_be(destination[0] as u16) == DNS_PORT {
         let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
         let watched = WatchedSocket {
             connect_id: event.connect_id,
@@ -1278,14 +1254,43 @@ fn first_datagram(pid_tgid: u64, sk: u64, fd: i32, off: &KernelOffsets) {
     output(EventKind::Connect, &event);
 }
 
-/// Returns the inode number and open-file flags of the file behind `fd`,
-/// zeros when the descriptor is out of range.
-fn socket_inode_of_fd(task: u64, fd: i32, off: &KernelOffsets) -> (u64, u32) {
-    let file = file_of_fd(task, fd, off);
-    let inode: u64 = read_kernel(file, off.file_inode);
-    (read_kernel(inode, off.inode_ino), read_kernel(file, off.file_f_flags))
+/// Returns the peer a connected IPv4 or IPv6 socket holds: its family and
+/// the destination as [port in network order, address words], with the
+/// IPv4 address in the first word.
+#[inline(always)]
+fn socket_peer(sk: u64, off: &KernelOffsets) -> Option<(u16, [u64; 3])> {
+    let family: u16 = read_kernel(sk, off.sock_family);
+    let mut destination = [read_kernel::<u16>(sk, off.sock_dport) as u64, 0, 0];
+    if family == AF_INET {
+        destination[1] = read_kernel::<u32>(sk, off.sock_daddr) as u64;
+    } else if family == AF_INET6 {
+        let halves: [u64; 2] = read_kernel(sk, off.sock_v6_daddr);
+        destination[1] = halves[0];
+        destination[2] = halves[1];
+    } else {
+        return None;
+    }
+    Some((family, destination))
 }
 
+/// Writes a peer from [`socket_peer`] into a connect record as the
+/// `sockaddr_in` or `sockaddr_in6` a connect call would have passed.
+#[inline(always)]
+fn set_peer(event: &mut ConnectEvent, destination: &[u64; 3]) {
+    event.sockaddr[0..2].copy_from_slice(&event.family.to_ne_bytes());
+    event.sockaddr[2..4].copy_from_slice(&(destination[0] as u16).to_ne_bytes());
+    if event.family == AF_INET {
+        event.sockaddr[4..8].copy_from_slice(&(destination[1] as u32).to_ne_bytes());
+        event.addr_len = 16;
+    } else {
+        event.sockaddr[8..16].copy_from_slice(&destination[1].to_ne_bytes());
+        event.sockaddr[16..24].copy_from_slice(&destination[2].to_ne_bytes());
+        event.addr_len = 28;
+    }
+}
+
+/// Returns the `struct file` behind `fd` in the task's table, 0 when the
+/// descriptor is out of range.
 #[inline(always)]
 fn file_of_fd(task: u64, fd: i32, off: &KernelOffsets) -> u64 {
     if fd < 0 {
@@ -1329,8 +1334,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     }
     let arg1 = syscall_arg(regs, &off, 1);
     let (buffer, len) = if syscall == nr.recvmsg { first_iovec_of_msghdr(arg1) } else { (arg1, received as u64) };
-    let len = if (received as u64) < len { received as u64 } else { len };
-    send_payload(pid_tgid, fd, watched.connect_id, PAYLOAD_DATAGRAM_IN, DNS_PORT, 0, buffer, len);
+    send_payload(pid_tgid, fd, watched.connect_id, PAYLOAD_DATAGRAM_IN, DNS_PORT, 0, buffer, len.min(received as u64));
     0
 }
 
@@ -1406,7 +1410,9 @@ fn connect_call_started(sk: u64, regs: u64, off: &KernelOffsets) {
 /// Builds the connect record of a TCP Fast Open connect, whose
 /// destination the kernel has already stored in the socket.
 fn fast_open_started(sk: u64, regs: u64, off: &KernelOffsets) {
-    let family: u16 = read_kernel(sk, off.sock_family);
+    let Some((family, destination)) = socket_peer(sk, off) else {
+        return;
+    };
     let mut event = ConnectEvent {
         // SAFETY: the helper has no preconditions.
         header: current_header(EventKind::Connect, unsafe { bpf_get_current_task() }, off),
@@ -1422,18 +1428,7 @@ fn fast_open_started(sk: u64, regs: u64, off: &KernelOffsets) {
         netns: 0,
         _pad: 0,
     };
-    event.sockaddr[0..2].copy_from_slice(&family.to_ne_bytes());
-    event.sockaddr[2..4].copy_from_slice(&read_kernel::<u16>(sk, off.sock_dport).to_ne_bytes());
-    if family == AF_INET {
-        event.sockaddr[4..8].copy_from_slice(&read_kernel::<u32>(sk, off.sock_daddr).to_ne_bytes());
-    } else if family == AF_INET6 {
-        let halves: [u64; 2] = read_kernel(sk, off.sock_v6_daddr);
-        event.sockaddr[8..16].copy_from_slice(&halves[0].to_ne_bytes());
-        event.sockaddr[16..24].copy_from_slice(&halves[1].to_ne_bytes());
-        event.addr_len = 28;
-    } else {
-        return;
-    }
+    set_peer(&mut event, &destination);
     connect_recorded(sk, &mut event, off);
 }
 
@@ -1446,7 +1441,7 @@ fn connect_recorded(sk: u64, event: &mut ConnectEvent, off: &KernelOffsets) {
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     event.netns = net_namespace(task, off);
-    let (_, file_flags) = socket_inode_of_fd(task, fd, off);
+    let file_flags: u32 = read_kernel(file_of_fd(task, fd, off), off.file_f_flags);
     let pid_tgid = bpf_get_current_pid_tgid();
     let args = ConnectArgs {
         sock: sk,

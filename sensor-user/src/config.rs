@@ -69,19 +69,19 @@ pub struct ProbesConfig {
     /// milliseconds: the upper bound on a record's delay when the host is
     /// quiet.
     pub drain_interval_ms: u64,
-    /// The longest the daemon waits between reads of the ring buffer while
-    /// reads find nothing: the wait doubles from `drain_interval_ms` up to
-    /// this, so an idle host costs a few wakeups a second.
+    /// Maximum wait between reads of the ring buffer while reads find
+    /// nothing. The wait doubles from `drain_interval_ms` up to this, so an
+    /// idle host costs a few wakeups a second.
     pub drain_idle_interval_ms: u64,
     /// How often the kernel loss counters are read, in milliseconds.
     pub loss_check_interval_ms: u64,
     /// Program names not to attach (see `sensor.start` for the names), for
     /// operators who accept the lost visibility; each is reported degraded.
     pub disabled_hooks: Vec<String>,
-    /// Where connects, first writes and DNS are seen: `tracepoints` (socket
-    /// tracepoints, falling back to syscalls on kernels without them) or
-    /// `syscalls` (syscall tracepoints, which slow every syscall on the host
-    /// but also see connects that fail before a packet is sent).
+    /// Hooks for connects, first writes and DNS. `tracepoints` are socket
+    /// tracepoints, with the syscall hooks as the fallback on kernels
+    /// without them. `syscalls` slow every syscall on the host but also
+    /// record connects that fail before a packet is sent.
     pub socket_hooks: SocketHooks,
     /// When the file-operation hooks of agent trees run: `agents` (only
     /// while an agent is being followed, since they are syscall tracepoints

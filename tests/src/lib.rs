@@ -300,9 +300,9 @@ pub fn run_workload(args: &[&str]) -> String {
     run_workload_via(&[], args)
 }
 
-/// Like [`run_workload`], but through `launcher`, a program and arguments
-/// that end by executing the workload's argument vector appended to them
-/// (`unshare --net --`, for example).
+/// Runs the workload like [`run_workload`], through `launcher`: a program
+/// and arguments that execute the argument vector appended to them, such
+/// as `unshare --net --`.
 pub fn run_workload_via(launcher: &[&str], args: &[&str]) -> String {
     let mut command = match launcher.split_first() {
         Some((program, rest)) => {

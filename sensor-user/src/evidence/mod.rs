@@ -380,8 +380,8 @@ pub struct NetworkView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd: Option<i32>,
     /// `first_send` for a datagram socket whose connect was seen at its
-    /// first send (the socket tracepoints have no hook in a datagram
-    /// connect); absent when the connect call itself was seen.
+    /// first send, because the socket tracepoints have no hook in a
+    /// datagram connect. Absent when the connect call itself was seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seen_at: Option<&'static str>,
 }

@@ -16,18 +16,6 @@ use crate::{
 
 const AT_FDCWD: i32 = -100;
 
-/// Returns whether `pid` names a process that has not exited: its
-/// `/proc/PID/stat` is readable and its state is not zombie (Z) or dead
-/// (X), because the kernel's exit hook has already run for those.
-fn process_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which may itself hold ") ".
-    let state = stat.rfind(") ").and_then(|end| stat[end + 2..].chars().next());
-    !matches!(state, None | Some('Z' | 'X'))
-}
-
 impl Pipeline {
     /// Feeds a detection signal to the agents stage and records what changed.
     pub(super) fn detect_agent(&mut self, key: ProcKey, detection: Detection, time_ns: u64) -> anyhow::Result<()> {
@@ -143,18 +131,17 @@ impl Pipeline {
         }
     }
 
-    /// Adds `pid` to the kernel's agent map. The daemon reads records after
-    /// the fact, so the process may have exited already, and the kernel
-    /// removes a pid only at its exit: an entry added after that would stay
-    /// forever and keep the file hooks attached. So the pid is removed again
-    /// when the process is gone once inserted.
+    /// Adds `pid` to the kernel's agent map. The kernel removes a pid only
+    /// when its process exits, and the daemon reads records late, so a pid
+    /// added after that exit would stay and keep the file hooks attached.
+    /// Such a pid is removed again at once.
     fn insert_tracked(&mut self, pid: u32, value: TrackedProcess) {
         let Some(tracked) = &mut self.tracked else { return };
         if let Err(error) = tracked.insert(pid, value, 0) {
             log::warn!("cannot add pid {pid} to the kernel's agent map: {error}");
             return;
         }
-        if process_running(pid) {
+        if self.table.is_running(pid) {
             self.tracking_started = true;
         } else {
             let _ = tracked.remove(&pid);
@@ -165,7 +152,8 @@ impl Pipeline {
     /// agent map, whatever left them there.
     fn prune_tracked(&mut self) {
         let Some(tracked) = &mut self.tracked else { return };
-        let exited: Vec<u32> = tracked.keys().filter_map(Result::ok).filter(|pid| !process_running(*pid)).collect();
+        let table = &self.table;
+        let exited: Vec<u32> = tracked.keys().filter_map(Result::ok).filter(|pid| !table.is_running(*pid)).collect();
         for pid in exited {
             log::debug!("removing pid {pid}, which has exited, from the kernel's agent map");
             let _ = tracked.remove(&pid);

@@ -146,9 +146,9 @@ const SOCKET_SYSCALL_HOOKS: HookGroup = &[
     ("sys_exit_recvfrom", &[syscall("sys_exit_recvfrom")]),
 ];
 
-/// File operations of agent trees. No other hook sees them on kernels
-/// without BPF LSM or fentry, so they are syscall tracepoints, attached
-/// only while an agent is followed unless `probes.file_hooks` says always.
+/// File operations of agent trees. Kernels without BPF LSM or fentry have
+/// no other hook for them, so they are syscall tracepoints, attached only
+/// while an agent is followed unless `probes.file_hooks` is `always`.
 const FILE_HOOKS: HookGroup = &[
     (
         "sys_enter_file",
@@ -282,7 +282,7 @@ impl Probes {
         let socket_mode = start_socket_hooks(&mut ebpf, config, kernel_offsets.regs_ok == 1, &mut report);
         let mut file_links = Vec::new();
         let file_hooks_loaded = FILE_HOOKS.iter().all(|(program, targets)| {
-            config.disabled_hooks.iter().any(|name| name == program) || load(&mut ebpf, program, &targets[0]).is_ok()
+            is_disabled(&config.disabled_hooks, program) || load(&mut ebpf, program, &targets[0]).is_ok()
         });
         if config.file_hooks == FileHooks::Always || !file_hooks_loaded {
             // A program that fails to load is reported degraded here, once.
@@ -356,13 +356,13 @@ impl Probes {
         })
     }
 
-    /// Whether the file-operation hooks are attached now.
+    /// Returns whether the file-operation hooks are attached now.
     pub fn file_hooks_attached(&self) -> bool {
         !self.file_links.is_empty()
     }
 
-    /// True with `probes.file_hooks = "always"`, where the file hooks stay
-    /// attached whether or not an agent is followed.
+    /// Returns whether `probes.file_hooks` is `always`, so the file hooks
+    /// stay attached whether or not an agent is followed.
     pub fn file_hooks_always(&self) -> bool {
         self.file_hooks_always
     }
@@ -375,7 +375,7 @@ impl Probes {
         }
         let mut attached = Vec::new();
         for (program, targets) in FILE_HOOKS {
-            if self.disabled_hooks.iter().any(|name| name == program) {
+            if is_disabled(&self.disabled_hooks, program) {
                 continue;
             }
             for target in targets.iter() {
@@ -500,16 +500,20 @@ fn detach(ebpf: &mut Ebpf, program: &str, link: LinkId) -> Result<(), String> {
     }
 }
 
+fn is_disabled(disabled_hooks: &[String], program: &str) -> bool {
+    disabled_hooks.iter().any(|name| name == program)
+}
+
 fn is_hook_name(name: &str) -> bool {
     ALL_GROUPS.iter().any(|group| group.iter().any(|(program, _)| *program == name))
 }
 
-/// Loads and attaches every program of a group that is not disabled; a
-/// program or target that fails is reported degraded and the rest go on.
+/// Loads and attaches every program of a group that is not disabled. A
+/// program or target that fails is reported degraded, and the rest go on.
 fn attach_group(ebpf: &mut Ebpf, config: &ProbesConfig, group: HookGroup, report: &mut StartReport) -> Vec<(&'static str, LinkId)> {
     let mut links = Vec::new();
     for (program, targets) in group {
-        if config.disabled_hooks.iter().any(|name| name == program) {
+        if is_disabled(&config.disabled_hooks, program) {
             report.degraded.push(Degraded { hook: (*program).to_owned(), reason: "disabled by probes.disabled_hooks".to_owned() });
             continue;
         }
@@ -536,8 +540,8 @@ fn attach_group(ebpf: &mut Ebpf, config: &ProbesConfig, group: HookGroup, report
 }
 
 /// Attaches the socket tracepoints, or the syscall hooks when the
-/// configuration asks for them or the kernel refuses one of the
-/// tracepoints; returns which set runs.
+/// configuration selects them or the kernel rejects one of the tracepoints.
+/// Returns the name of the set that runs.
 fn start_socket_hooks(ebpf: &mut Ebpf, config: &ProbesConfig, registers_known: bool, report: &mut StartReport) -> &'static str {
     if config.socket_hooks == SocketHooks::Syscalls {
         attach_group(ebpf, config, SOCKET_SYSCALL_HOOKS, report);
@@ -550,7 +554,7 @@ fn start_socket_hooks(ebpf: &mut Ebpf, config: &ProbesConfig, registers_known: b
         if failure.is_some() {
             break;
         }
-        if config.disabled_hooks.iter().any(|name| name == program) {
+        if is_disabled(&config.disabled_hooks, program) {
             report.degraded.push(Degraded { hook: (*program).to_owned(), reason: "disabled by probes.disabled_hooks".to_owned() });
             continue;
         }

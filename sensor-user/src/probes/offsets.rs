@@ -61,8 +61,8 @@ pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffs
     Ok((offsets, missing))
 }
 
-/// Where the registers saved at syscall entry keep the syscall number and
-/// arguments (x86-64: `orig_ax` and di, si, dx, r10, r8, r9; arm64:
+/// Resolves where the registers saved at syscall entry keep the syscall
+/// number and arguments (x86-64: `orig_ax` and di, si, dx, r10, r8, r9; arm64:
 /// `syscallno` and x0 to x5), plus the socket, file and signal fields the
 /// socket tracepoint programs read.
 fn resolve_syscall_registers(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {

@@ -154,6 +154,11 @@ impl ProcessTable {
 
     /// Adds the processes found running at start-up, parents first, and
     /// returns their keys in that order.
+    /// Returns whether `pid` names a live process now, from procfs.
+    pub fn is_running(&self, pid: u32) -> bool {
+        procfs::is_running(&self.procfs, pid)
+    }
+
     pub fn seed(&mut self, entries: Vec<procfs::ProcEntry>) -> Vec<ProcKey> {
         let tick_ns = self.tick_ns;
         let start_by_pid: HashMap<u32, u64> = entries.iter().map(|e| (e.pid, e.start_ticks * tick_ns)).collect();

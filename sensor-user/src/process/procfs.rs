@@ -46,6 +46,8 @@ pub enum ProcfsError {
 pub struct Stat {
     pub pid: u32,
     pub comm: String,
+    /// The state letter: `R`, `S`, `Z` for a zombie, `X` for dead, ...
+    pub state: char,
     pub ppid: u32,
     pub flags: u64,
     pub start_ticks: u64,
@@ -63,10 +65,20 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let comm = text[open + 1..close].to_owned();
     // Fields from 3 (state) onwards; field N is at index N - 3.
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
     let ppid = rest.get(1)?.parse().ok()?;
     let flags = rest.get(6)?.parse().ok()?;
     let start_ticks = rest.get(19)?.parse().ok()?;
-    Some(Stat { pid, comm, ppid, flags, start_ticks })
+    Some(Stat { pid, comm, state, ppid, flags, start_ticks })
+}
+
+/// Returns whether `pid` names a process that has not exited: its stat is
+/// readable and its state is neither zombie nor dead, the states the
+/// kernel's exit hook has already run for.
+pub fn is_running(root: &Path, pid: u32) -> bool {
+    let path = root.join(pid.to_string()).join("stat");
+    let stat = std::fs::read_to_string(path).ok();
+    stat.as_deref().and_then(parse_stat).is_some_and(|stat| !matches!(stat.state, 'Z' | 'X'))
 }
 
 /// Fields of `/proc/PID/status` the table needs: real uid and gid, and the
@@ -179,6 +191,7 @@ mod tests {
         assert_eq!(stat.ppid, 17);
         assert_eq!(stat.flags, 4194560);
         assert_eq!(stat.start_ticks, 98765);
+        assert_eq!(stat.state, 'S');
     }
 
     #[test]

@@ -451,7 +451,7 @@ fn connect(args: &[String]) {
     let result = raw_connect_with_length(fd, address, len);
     say("errno", result);
     if socket_type == libc::SOCK_DGRAM && result == 0 {
-        // The sensor sees a datagram socket's connect at its first send.
+        // The sensor records a datagram socket's connect at its first send.
         // SAFETY: sends one byte from a local.
         let sent = unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
         say("sent", sent);
@@ -907,7 +907,7 @@ fn pid_reuse(args: &[String]) {
             }
             let fd = open_socket(target, libc::SOCK_DGRAM);
             raw_connect(fd, target);
-            // The sensor sees a datagram socket's connect at its first send.
+            // The sensor records a datagram socket's connect at its first send.
             // SAFETY: sends one byte from a static.
             unsafe { libc::send(fd, b"x".as_ptr().cast(), 1, 0) };
             exec(&path, &new_argv);
