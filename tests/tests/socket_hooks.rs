@@ -27,9 +27,24 @@ fn outcome_of(sensor: &Sensor, record: &Value) -> Value {
     if record["network"]["outcome"] != "pending" {
         return record.clone();
     }
-    sensor.expect("net.connect_result", |r| {
-        r["kind"] == "net.connect_result" && r["network"]["connect_id"] == connect_id
-    })
+    let matches = |r: &Value| r["kind"] == "net.connect_result" && r["network"]["connect_id"] == connect_id;
+    if let Some(outcome) = sensor.wait_for(matches) {
+        return outcome;
+    }
+    // The generic failure message shows the newest records, which on a busy
+    // host belong to other tests: show this process's own and any loss.
+    let pid = record["process"]["pid"].clone();
+    let related: Vec<String> = sensor
+        .records()
+        .iter()
+        .filter(|r| r["process"]["pid"] == pid || r["kind"] == "sensor.loss" || r["kind"] == "sensor.degraded")
+        .map(Value::to_string)
+        .collect();
+    panic!(
+        "no net.connect_result for connect_id {connect_id} of pid {pid}; its records and any losses:\n{}\nstderr:\n{}",
+        related.join("\n"),
+        sensor.stderr()
+    );
 }
 
 const SYSCALL_HOOKS: &str = "[probes]\nsocket_hooks = \"syscalls\"\n";
