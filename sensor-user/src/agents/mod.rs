@@ -386,7 +386,6 @@ mod tests {
             exec_id: format!("b:{pid}:1:1").into(),
             parent_exec_id: None,
             origin: Origin::Exec,
-            exec_time_ns: None,
             ns_pid: None,
             pid_ns: None,
             uid: Some(1000),

@@ -94,6 +94,7 @@ impl Evidence {
         Evidence { records, skipped_lines: 0 }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.records.len()
     }

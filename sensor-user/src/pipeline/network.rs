@@ -32,7 +32,6 @@ const QUIC_PORT: u16 = 443;
 /// The sensor's facts about one connection, for the records after connect.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
-    pub key: Option<ProcKey>,
     pub fd: i32,
     pub destination: Option<Endpoint>,
     pub protocol: &'static str,
@@ -81,7 +80,7 @@ impl Pipeline {
 
         let succeeded = connect.result == 0 || outcome.is_some();
         if succeeded {
-            self.remember_connection(key, connect, destination.clone(), protocol, dns_name.clone(), provider.as_ref().map(|p| p.provider.clone()));
+            self.remember_connection(connect, destination.clone(), protocol, dns_name.clone(), provider.as_ref().map(|p| p.provider.clone()));
         }
         let network = NetworkView {
             protocol,
@@ -131,7 +130,6 @@ impl Pipeline {
 
     fn remember_connection(
         &mut self,
-        key: ProcKey,
         connect: &ConnectEvent,
         destination: Option<Endpoint>,
         protocol: &'static str,
@@ -149,7 +147,6 @@ impl Pipeline {
         self.connections.insert(
             (pid, connect.connect_id),
             Connection {
-                key: Some(key),
                 fd: connect.fd,
                 destination,
                 protocol,

@@ -29,7 +29,6 @@ pub enum DecodeError {
 pub struct Exec<'a> {
     pub header: EventHeader,
     pub ppid: u32,
-    pub old_tid: u32,
     pub parent_start_time_ns: u64,
     pub uid: u32,
     pub gid: u32,
@@ -38,7 +37,6 @@ pub struct Exec<'a> {
     pub pid_ns_inum: u32,
     pub exe_inode: u64,
     pub exe_dev: u32,
-    pub exe_nlink: u32,
     /// Size and modification time (seconds, nanoseconds) of the
     /// executable's inode, when the kernel could read them.
     pub exe_meta: Option<(u64, i64, u32)>,
@@ -56,12 +54,10 @@ pub struct Exec<'a> {
 pub struct Payload<'a> {
     pub header: EventHeader,
     pub connect_id: u64,
-    pub fd: i32,
     pub direction: u32,
     /// Bytes the syscall wrote or read in full, of which `data` is a prefix.
     pub total: u32,
     pub index: u32,
-    pub port: u16,
     /// Network namespace inode of the writer, 0 when unknown.
     pub netns: u32,
     pub data: &'a [u8],
@@ -71,12 +67,10 @@ pub struct Payload<'a> {
 #[derive(Debug, Clone)]
 pub struct File<'a> {
     pub header: EventHeader,
-    pub session_id: u64,
     pub op: u32,
     pub flags: u32,
     pub dirfd: i32,
     pub result: i32,
-    pub mode: u32,
     pub path: &'a [u8],
     pub path2: &'a [u8],
 }
@@ -186,11 +180,9 @@ fn decode_payload(bytes: &[u8]) -> Result<Payload<'_>, DecodeError> {
     Ok(Payload {
         header: read(bytes, 0)?,
         connect_id: read(bytes, offset_of!(PayloadEvent, connect_id))?,
-        fd: read(bytes, offset_of!(PayloadEvent, fd))?,
         direction: read(bytes, offset_of!(PayloadEvent, direction))?,
         total: read(bytes, offset_of!(PayloadEvent, total))?,
         index: read(bytes, offset_of!(PayloadEvent, index))?,
-        port: read(bytes, offset_of!(PayloadEvent, port))?,
         netns: read(bytes, offset_of!(PayloadEvent, netns))?,
         data: trailing(bytes, offset_of!(PayloadEvent, data), len)?,
     })
@@ -205,12 +197,10 @@ fn decode_file(bytes: &[u8]) -> Result<File<'_>, DecodeError> {
     let path2_at = offset_of!(FileEvent, path2);
     Ok(File {
         header: read(bytes, 0)?,
-        session_id: read(bytes, offset_of!(FileEvent, session_id))?,
         op: read(bytes, offset_of!(FileEvent, op))?,
         flags: read(bytes, offset_of!(FileEvent, flags))?,
         dirfd: read(bytes, offset_of!(FileEvent, dirfd))?,
         result: read(bytes, offset_of!(FileEvent, result))?,
-        mode: read(bytes, offset_of!(FileEvent, mode))?,
         path: c_str(&bytes[path_at..path_at + PATH_CAPACITY]),
         path2: c_str(&bytes[path2_at..path2_at + PATH_CAPACITY]),
     })
@@ -243,7 +233,6 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec<'_>, DecodeError> {
     Ok(Exec {
         header: read(bytes, 0)?,
         ppid: read(bytes, offset_of!(ExecEvent, ppid))?,
-        old_tid: read(bytes, offset_of!(ExecEvent, old_tid))?,
         parent_start_time_ns: read(bytes, offset_of!(ExecEvent, parent_start_time_ns))?,
         uid: read(bytes, offset_of!(ExecEvent, uid))?,
         gid: read(bytes, offset_of!(ExecEvent, gid))?,
@@ -252,7 +241,6 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec<'_>, DecodeError> {
         pid_ns_inum: read(bytes, offset_of!(ExecEvent, pid_ns_inum))?,
         exe_inode: read(bytes, offset_of!(ExecEvent, exe_inode))?,
         exe_dev: read(bytes, offset_of!(ExecEvent, exe_dev))?,
-        exe_nlink: read(bytes, offset_of!(ExecEvent, exe_nlink))?,
         exe_meta: match read::<u32>(bytes, offset_of!(ExecEvent, exe_meta_ok))? {
             0 => None,
             _ => Some((

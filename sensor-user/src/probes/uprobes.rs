@@ -192,10 +192,6 @@ impl UprobeManager {
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
     }
-
-    pub fn hooked_files(&self) -> usize {
-        self.hooked.len()
-    }
 }
 
 /// Returns whether `pid` shares the sensor's mount namespace.

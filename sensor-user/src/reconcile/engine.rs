@@ -73,7 +73,6 @@ struct Action {
     record_id: String,
     time_ns: u64,
     exec_id: String,
-    pid: u32,
     argv: Vec<String>,
     /// Later execs in the action: descendants and re-execs of its process.
     descendants: Vec<(String, Vec<String>)>,
@@ -369,7 +368,6 @@ impl Reconciler {
             record_id: text(record, "id").unwrap_or_default(),
             time_ns,
             exec_id,
-            pid,
             argv,
             descendants: Vec::new(),
             trace_context,
