@@ -171,6 +171,10 @@ pub struct ExecEvent {
 /// The child shares its parent's thread group: a thread, not a process.
 pub const FORK_FLAG_THREAD: u32 = 1 << 0;
 
+/// The kernel copied the parent's agent-tree entry to the child at fork,
+/// so the daemon has nothing to add to the map for it.
+pub const FORK_FLAG_TRACKED: u32 = 1 << 1;
+
 /// A new task from `sched_process_fork`. Threads are dropped in the kernel
 /// unless the configuration requests them.
 #[repr(C)]

@@ -487,7 +487,7 @@ fn try_fork(ctx: &RawTracePointContext) {
     let child_leader: u64 = read_kernel(child, off.task_group_leader);
     let parent_leader: u64 = read_kernel(parent, off.task_group_leader);
     let (ns_pid, pid_ns_inum) = pid_in_namespace(child, &off);
-    let event = ForkEvent {
+    let mut event = ForkEvent {
         header: EventHeader {
             kind: EventKind::Fork as u32,
             flags: if is_thread { FORK_FLAG_THREAD } else { 0 },
@@ -509,8 +509,10 @@ fn try_fork(ctx: &RawTracePointContext) {
     if !is_thread {
         let parent_tgid = event.parent_pid;
         // SAFETY: the value is copied before the insert below.
-        if let Some(tracked) = unsafe { TRACKED.get(&parent_tgid) }.copied() {
-            let _ = TRACKED.insert(&(child_tgid as u32), &tracked, 0);
+        if let Some(tracked) = unsafe { TRACKED.get(&parent_tgid) }.copied()
+            && TRACKED.insert(&(child_tgid as u32), &tracked, 0).is_ok()
+        {
+            event.header.flags |= FORK_FLAG_TRACKED;
         }
     }
     output(EventKind::Fork, &event);

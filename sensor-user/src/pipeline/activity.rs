@@ -175,7 +175,7 @@ impl Pipeline {
         if let Some(root) = self.agents.tool_spawn_root(&key) {
             let changes = self.agents.activity(root, time_ns, |session| session.tool_spawns += 1);
             self.record_changes(root, changes, time_ns, None)?;
-            let trace_context = self.reconcile.as_ref().and_then(|r| r.trace_context(key.pid));
+            let trace_context = self.reconcile.as_mut().and_then(|r| r.trace_context(key.pid));
             self.emit(key, "tool.spawn", time_ns, None, |record| {
                 if let Some(trace_context) = trace_context {
                     record.sections.insert("trace_context".into(), trace_context);

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use sensor_common::{TrackedProcess, EVENT_KIND_COUNT, EXIT_FLAG_LEADER_ONLY};
+use sensor_common::{TrackedProcess, EVENT_KIND_COUNT, EXIT_FLAG_LEADER_ONLY, FORK_FLAG_TRACKED};
 use serde_json::json;
 
 use crate::{
@@ -116,7 +116,9 @@ impl Pipeline {
                 let pid_ns = (fork.ns_pid != 0).then_some((fork.ns_pid, fork.pid_ns_inum));
                 self.table.on_fork(key, parent, header.start_time_ns, fork.cgroup_id, pid_ns);
                 self.agents.on_fork(key, parent);
-                self.track_new_member(key);
+                if header.flags & FORK_FLAG_TRACKED == 0 {
+                    self.track_new_member(key);
+                }
                 self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
             }
             KernelEvent::Exit(exit) => {

@@ -273,22 +273,25 @@ impl Reconciler {
     }
 
     /// Reads one evidence record. Records without an `agent` section, and
-    /// records the engine itself produced, are ignored.
-    pub fn observe(&mut self, record: &Value, now_ns: u64) {
-        let Some(kind) = record.get("kind").and_then(Value::as_str) else { return };
-        let Some(agent) = record.get("agent").filter(|a| a.is_object()) else { return };
+    /// records the engine itself produced, are ignored. The record is taken
+    /// by value so that a spawn's parts move into its action uncopied.
+    pub fn observe(&mut self, record: Value, now_ns: u64) {
+        let Value::Object(mut record) = record else { return };
+        let Some(kind) = record.get("kind").and_then(Value::as_str).map(str::to_owned) else { return };
+        let Some(agent) = record.remove("agent").filter(Value::is_object) else { return };
         let Some(agent_id) = agent.get("agent_id").and_then(Value::as_str) else { return };
         if kind.starts_with("finding.") || kind.starts_with("reconcile.") {
             return;
         }
         let agent_id: Arc<str> = Arc::from(agent_id);
         let time_ns = record.get("time_unix_nano").and_then(Value::as_u64).unwrap_or(now_ns);
-        let session = text(agent, "session_id").unwrap_or_default();
-        let process = record.get("process");
+        let session = text(&agent, "session_id").unwrap_or_default();
+        let process = record.remove("process");
 
-        let pid = process.and_then(|p| p.get("pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok());
+        let pid = process.as_ref().and_then(|p| p.get("pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok());
+        let spawn_agent = (kind == "tool.spawn").then(|| agent.clone());
         let state = self.agents.entry(agent_id.clone()).or_default();
-        state.agent = agent.clone();
+        state.agent = agent;
         if !session.is_empty() && state.sessions.last().is_none_or(|(_, s)| *s != session) {
             state.sessions.push((time_ns, session.clone()));
         }
@@ -297,18 +300,18 @@ impl Reconciler {
             let exited = (kind == "process.exit").then_some(time_ns);
             self.by_pid.insert(pid, PidEntry { agent: agent_id.clone(), exited_ns: exited });
         }
-        match kind {
+        match kind.as_str() {
             "agent.detected" => {
                 state.root_pid = pid;
-                state.root_process = process.cloned();
-                state.root_workload = record.get("workload").cloned();
+                state.root_process = process;
+                state.root_workload = record.remove("workload");
             }
             "tool.spawn" => {
-                if let Some(process) = process {
-                    self.on_spawn(&agent_id, record, process, &session, time_ns, now_ns);
+                if let (Some(process), Some(agent)) = (process, spawn_agent) {
+                    self.on_spawn(&agent_id, record, agent, process, &session, time_ns, now_ns);
                 }
             }
-            "process.exit" => self.on_exit(&agent_id, process, pid, time_ns),
+            "process.exit" => self.on_exit(&agent_id, process.as_ref(), pid, time_ns),
             "agent.session_end" => {
                 if let Some(ended) = record.get("session").and_then(|s| text(s, "id"))
                     && let Some(state) = self.agents.get_mut(&agent_id)
@@ -330,17 +333,27 @@ impl Reconciler {
         }
     }
 
-    fn on_spawn(&mut self, agent_id: &Arc<str>, record: &Value, process: &Value, session: &str, time_ns: u64, now_ns: u64) {
+    #[allow(clippy::too_many_arguments, reason = "the parts of one record, moved out of it")]
+    fn on_spawn(
+        &mut self,
+        agent_id: &Arc<str>,
+        mut record: Map<String, Value>,
+        agent: Value,
+        process: Value,
+        session: &str,
+        time_ns: u64,
+        now_ns: u64,
+    ) {
         let seq = self.seq();
         let Some(state) = self.agents.get_mut(agent_id) else { return };
-        let exec_id = text(process, "exec_id").unwrap_or_default();
+        let exec_id = text(&process, "exec_id").unwrap_or_default();
         let argv = strings(process.get("argv"));
         let pid = process.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
 
         // A descendant of an action, or a re-exec of its process, belongs
         // to that action.
         let mut ancestry = strings(process.get("ancestry"));
-        ancestry.extend(text(process, "parent_exec_id"));
+        ancestry.extend(text(&process, "parent_exec_id"));
         let same_process = state.live_pids.get(&pid).copied();
         let owner = same_process.or_else(|| ancestry.iter().find_map(|id| state.members.get(id).copied()));
         if let Some(owner) = owner {
@@ -359,13 +372,17 @@ impl Reconciler {
         state.remember_member(exec_id.clone(), seq);
         state.live_pids.insert(pid, seq);
         state.tally(session).observed += 1;
+        let record_id = match record.remove("id") {
+            Some(Value::String(id)) => id,
+            _ => String::new(),
+        };
         state.actions.push(Action {
             seq,
             session_id: session.to_owned(),
-            agent: record.get("agent").cloned().unwrap_or(Value::Null),
-            process: process.clone(),
-            workload: record.get("workload").cloned(),
-            record_id: text(record, "id").unwrap_or_default(),
+            agent,
+            process,
+            workload: record.remove("workload"),
+            record_id,
             time_ns,
             exec_id,
             argv,
@@ -689,12 +706,19 @@ impl Reconciler {
     fn summarize(&mut self, id: &Arc<str>, now_ns: u64, all: bool, outputs: &mut Vec<Output>) {
         let grace = self.grace_ns();
         let Some(state) = self.agents.get_mut(id) else { return };
-        let busy: HashSet<String> = state
-            .actions
-            .iter()
-            .map(|a| a.session_id.clone())
-            .chain(state.reports.iter().filter_map(|p| state.session_at(p.report.start_ns).map(str::to_owned)))
-            .collect();
+        // The busy sessions matter only to a session that has ended, and
+        // listing them copies a session id per pending action.
+        let ended = state.tallies.values().any(|t| !t.summarized && t.ended.is_some());
+        let busy: HashSet<String> = if all || !ended {
+            HashSet::new()
+        } else {
+            state
+                .actions
+                .iter()
+                .map(|a| a.session_id.clone())
+                .chain(state.reports.iter().filter_map(|p| state.session_at(p.report.start_ns).map(str::to_owned)))
+                .collect()
+        };
         let agent_id = id.to_string();
         for (session, tally) in state.tallies.iter_mut() {
             if tally.summarized || (tally.observed == 0 && tally.tool_calls == 0 && tally.telemetry == 0) {

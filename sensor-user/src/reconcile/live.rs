@@ -21,14 +21,15 @@ pub struct Live {
     pub engine: Reconciler,
     procfs: PathBuf,
     read_trace_context: bool,
-    environ_max_bytes: usize,
+    /// Reused for each spawn's environment, `environ_max_bytes` long.
+    environ: Vec<u8>,
 }
 
 impl Live {
     pub fn new(config: ReconcileConfig, procfs: PathBuf) -> Live {
         Live {
             read_trace_context: config.read_trace_context,
-            environ_max_bytes: config.environ_max_bytes,
+            environ: vec![0; config.environ_max_bytes],
             engine: Reconciler::new(config),
             procfs,
         }
@@ -47,33 +48,47 @@ impl Live {
             return;
         }
         match engine_view(record) {
-            Ok(value) => self.engine.observe(&value, record.head.time_unix_nano),
+            Ok(value) => self.engine.observe(value, record.head.time_unix_nano),
             Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),
         }
     }
 
     /// Builds the `trace_context` section of a tool spawn, when the
     /// process's environment carries a W3C `traceparent`.
-    pub fn trace_context(&self, pid: u32) -> Option<Value> {
+    pub fn trace_context(&mut self, pid: u32) -> Option<Value> {
         if !self.read_trace_context {
             return None;
         }
-        read_trace_context(&self.procfs, pid, self.environ_max_bytes).map(|traceparent| json!({ "traceparent": traceparent }))
+        read_trace_context(&self.procfs, pid, &mut self.environ).map(|traceparent| json!({ "traceparent": traceparent }))
     }
 }
 
 /// Reads `TRACEPARENT` (or `traceparent`) from `/proc/PID/environ`,
-/// reading at most `max_bytes`.
+/// reading at most `bytes.len()` into `bytes`.
 ///
 /// NOTE: the environment is read when the daemon handles the exec record,
 /// a few milliseconds after the exec. A process that has already exited
 /// has none to read, and one that changed its environment in place shows
 /// the change.
-pub fn read_trace_context(procfs: &Path, pid: u32, max_bytes: usize) -> Option<String> {
-    let file = std::fs::File::open(procfs.join(pid.to_string()).join("environ")).ok()?;
-    let mut bytes = Vec::with_capacity(max_bytes.min(8192));
-    file.take(max_bytes as u64).read_to_end(&mut bytes).ok()?;
-    bytes.split(|b| *b == 0).find_map(|entry| {
+pub fn read_trace_context(procfs: &Path, pid: u32, bytes: &mut [u8]) -> Option<String> {
+    let mut file = std::fs::File::open(procfs.join(pid.to_string()).join("environ")).ok()?;
+    // One read per spawn: procfs returns the whole environment up to the
+    // buffer's size, so a read that leaves room has reached its end.
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled < bytes.len() {
+                    break;
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    bytes[..filled].split(|b| *b == 0).find_map(|entry| {
         let value = entry.strip_prefix(b"TRACEPARENT=").or_else(|| entry.strip_prefix(b"traceparent="))?;
         let text = std::str::from_utf8(value).ok()?;
         super::engine::parse_traceparent(text).map(|_| text.to_owned())
@@ -135,7 +150,16 @@ fn engine_view(record: &Record<'_>) -> serde_json::Result<serde_json::Value> {
     view.insert("id".into(), serde_json::to_value(&record.head.id)?);
     view.insert("time_unix_nano".into(), record.head.time_unix_nano.into());
     if let Some(process) = &record.process {
-        view.insert("process".into(), serde_json::to_value(process)?);
+        // Only these two kinds keep the whole process for a report. The
+        // engine reads just the pid and exec id of the others, which are
+        // most of an agent tree's records.
+        let whole = matches!(record.head.kind, "agent.detected" | "tool.spawn");
+        let value = if whole {
+            serde_json::to_value(process)?
+        } else {
+            serde_json::json!({ "pid": process.pid, "exec_id": process.exec_id })
+        };
+        view.insert("process".into(), value);
     }
     if let Some(workload) = &record.workload {
         view.insert("workload".into(), serde_json::to_value(workload)?);

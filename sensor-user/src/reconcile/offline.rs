@@ -75,7 +75,7 @@ pub fn run(
     records.sort_by_key(|r| r.get("seq").and_then(Value::as_u64).unwrap_or(u64::MAX));
     let mut engine = Reconciler::new(config);
     let mut last_time = 0;
-    for record in &records {
+    for record in records {
         let time = record.get("time_unix_nano").and_then(Value::as_u64).unwrap_or(last_time);
         last_time = last_time.max(time);
         engine.observe(record, time);

