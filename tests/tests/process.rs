@@ -443,9 +443,9 @@ fn check_pid_reuse(mode: &str) {
     assert_eq!(same_tick, mode == "same-tick", "start ticks in mode {mode}: {output}");
 
     let workload = workload_exec(&sensor, workload_pid);
-    // An attempt whose pid another process took, or whose start ticks did
-    // not fit the mode, is retried with a new first process: the old exec
-    // that counts is the one under the reused pid.
+    // The workload retries with a new first process when another process
+    // takes the pid or the start ticks miss the mode, so only the first
+    // process under the reused pid counts.
     let old_argv = [String::from("/bin/true"), format!("{marker}-old")];
     let old_exec = sensor.expect("the first process's exec under the reused pid", |r| {
         r["kind"] == "process.exec" && r["process"]["pid"] == old && argv(r) == old_argv

@@ -27,12 +27,12 @@ fn outcome_of(sensor: &Sensor, record: &Value) -> Value {
     if record["network"]["outcome"] != "pending" {
         return record.clone();
     }
-    let matches = |r: &Value| r["kind"] == "net.connect_result" && r["network"]["connect_id"] == connect_id;
-    if let Some(outcome) = sensor.wait_for(matches) {
+    let is_outcome = |r: &Value| r["kind"] == "net.connect_result" && r["network"]["connect_id"] == connect_id;
+    if let Some(outcome) = sensor.wait_for(is_outcome) {
         return outcome;
     }
-    // The generic failure message shows the newest records, which on a busy
-    // host belong to other tests: show this process's own and any loss.
+    // On a busy host the newest records belong to other tests, so the
+    // message shows this process's records and any losses instead.
     let pid = record["process"]["pid"].clone();
     let related: Vec<String> = sensor
         .records()
@@ -41,7 +41,7 @@ fn outcome_of(sensor: &Sensor, record: &Value) -> Value {
         .map(Value::to_string)
         .collect();
     panic!(
-        "no net.connect_result for connect_id {connect_id} of pid {pid}; its records and any losses:\n{}\nstderr:\n{}",
+        "missing net.connect_result for connect_id {connect_id} of pid {pid}; the process's records and any losses:\n{}\nstderr:\n{}",
         related.join("\n"),
         sensor.stderr()
     );

@@ -21,7 +21,7 @@ pub struct Live {
     pub engine: Reconciler,
     procfs: PathBuf,
     read_trace_context: bool,
-    /// Reused for each spawn's environment, `environ_max_bytes` long.
+    /// Buffer for each spawn's environment, `environ_max_bytes` long and reused.
     environ: Vec<u8>,
 }
 
@@ -72,22 +72,9 @@ impl Live {
 /// the change.
 pub fn read_trace_context(procfs: &Path, pid: u32, bytes: &mut [u8]) -> Option<String> {
     let mut file = std::fs::File::open(procfs.join(pid.to_string()).join("environ")).ok()?;
-    // One read per spawn: procfs returns the whole environment up to the
-    // buffer's size, so a read that leaves room has reached its end.
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                if filled < bytes.len() {
-                    break;
-                }
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    // procfs fills the buffer with the whole environment, or its first
+    // `bytes.len()` bytes, in one read, so one read per spawn is enough.
+    let filled = file.read(bytes).ok()?;
     bytes[..filled].split(|b| *b == 0).find_map(|entry| {
         let value = entry.strip_prefix(b"TRACEPARENT=").or_else(|| entry.strip_prefix(b"traceparent="))?;
         let text = std::str::from_utf8(value).ok()?;
