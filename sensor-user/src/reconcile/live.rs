@@ -164,3 +164,47 @@ fn engine_view(record: &Record<'_>) -> serde_json::Result<serde_json::Value> {
 
 /// The sections `Reconciler::observe` reads besides the ones above.
 const ENGINE_SECTIONS: &[&str] = &["trace_context", "file", "session"];
+
+#[cfg(test)]
+mod tests {
+    use super::read_trace_context;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Writes `environ` as the environment of pid 42 under a fake procfs.
+    fn fake_procfs(tag: &str, environ: &[u8]) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("agent-sensor-environ-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("42")).unwrap();
+        std::fs::write(root.join("42/environ"), environ).unwrap();
+        root
+    }
+
+    #[test]
+    fn traceparent_found_in_environ() {
+        let environ = format!("PATH=/bin\0TRACEPARENT={TRACEPARENT}\0HOME=/root\0");
+        let root = fake_procfs("found", environ.as_bytes());
+        let mut buffer = vec![0; 4096];
+        assert_eq!(read_trace_context(&root, 42, &mut buffer).as_deref(), Some(TRACEPARENT));
+        // The reused buffer must not carry the first environment into the next.
+        std::fs::write(root.join("42/environ"), b"PATH=/bin\0").unwrap();
+        assert_eq!(read_trace_context(&root, 42, &mut buffer), None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn traceparent_past_bound_ignored() {
+        let environ = format!("FILLER={}\0TRACEPARENT={TRACEPARENT}\0", "x".repeat(200));
+        let root = fake_procfs("bound", environ.as_bytes());
+        let mut buffer = vec![0; 128];
+        assert_eq!(read_trace_context(&root, 42, &mut buffer), None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn missing_process_has_none() {
+        let root = fake_procfs("missing", b"");
+        let mut buffer = vec![0; 128];
+        assert_eq!(read_trace_context(&root, 7, &mut buffer), None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
