@@ -950,8 +950,12 @@ fn send_payload(pid_tgid: u64, fd: i32, connect_id: u64, direction: u32, port: u
     let size = core::mem::offset_of!(PayloadEvent, data) as u64 + (event.len as u64 & (PAYLOAD_CAPACITY as u64 - 1));
     // A connection's first bytes can make its process an agent, and the
     // daemon must mark the agent's tree before the agent forks its tools,
-    // so these few records wake the daemon at once.
-    output_bytes_with(EventKind::Payload, event_ptr as *const u8, size, BPF_RB_FORCE_WAKEUP);
+    // so these few records wake the daemon at once. A tree already marked
+    // has nothing to race: its records wait for the drain timer, which
+    // spares an agent's every request a wakeup of the daemon.
+    // SAFETY: a lookup in this program's map.
+    let flags = if unsafe { TRACKED.get(&event.header.pid) }.is_some() { wakeup_flag() } else { BPF_RB_FORCE_WAKEUP };
+    output_bytes_with(EventKind::Payload, event_ptr as *const u8, size, flags);
 }
 
 #[tracepoint]
