@@ -291,7 +291,19 @@ impl Reconciler {
         let pid = process.as_ref().and_then(|p| p.get("pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok());
         let spawn_agent = (kind == "tool.spawn").then(|| agent.clone());
         let state = self.agents.entry(agent_id.clone()).or_default();
-        state.agent = agent;
+        // The live daemon gives only the ids of most records' agents
+        // (`live::engine_view`); those must not replace the whole section
+        // a report copies.
+        if agent.get("detected_by").is_some() {
+            // A session first seen through ids only (the daemon restarted
+            // mid-session) gets the whole section once one arrives.
+            for tally in state.tallies.values_mut().filter(|t| t.agent.get("detected_by").is_none()) {
+                tally.agent = agent.clone();
+            }
+            state.agent = agent;
+        } else if state.agent.is_null() {
+            state.agent = agent;
+        }
         if !session.is_empty() && state.sessions.last().is_none_or(|(_, s)| *s != session) {
             state.sessions.push((time_ns, session.clone()));
         }

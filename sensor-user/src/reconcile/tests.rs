@@ -667,3 +667,59 @@ fn config_problems_name_key_and_line() {
     assert_eq!(parsed.ingest.jsonl[0].fields.tool_name, "tool");
     assert_eq!(parsed.ingest.jsonl[0].fields.session_id, "session_id", "unset fields keep their default");
 }
+
+/// The live daemon gives the engine only the ids of most records' agents
+/// (`live::engine_view`); a report must still copy the whole section.
+fn agent_sections(agent: &Agent) -> (Value, Value) {
+    let ids_only = json!({ "agent_id": agent.agent_id, "session_id": agent.session });
+    let mut whole = agent.section();
+    whole["registered"] = json!(true);
+    whole["detected_by"] = json!([{ "signal": "sni", "value": "api.openai.com" }]);
+    (ids_only, whole)
+}
+
+#[test]
+fn ids_only_agent_never_replaces_the_whole_section() {
+    let agent = Agent::new(100, "b-1");
+    let (ids_only, whole) = agent_sections(&agent);
+    let mut engine = Reconciler::new(config());
+    let mut detected = agent.detected(T0);
+    detected["agent"] = whole.clone();
+    engine.observe(detected, T0);
+    let mut exit = agent.exit(300, "boot:300:2:1", T0 + SEC);
+    exit["agent"] = ids_only.clone();
+    engine.observe(exit, T0 + SEC);
+    // A claim nothing matches: its finding and the session's tally copy
+    // the agent known when it arrives.
+    engine.report(tool_report(100, "ls /nowhere", "call_1", T0 + SEC, T0 + SEC + 100 * MS), T0 + 2 * SEC);
+    let mut root_exit = agent.root_exit(T0 + 3 * SEC);
+    root_exit["agent"] = ids_only;
+    engine.observe(root_exit, T0 + 3 * SEC);
+    let outputs = engine.tick(T0 + 10 * SEC);
+    let claim = &kinds(&outputs, "finding.unobserved_claim")[0];
+    assert_eq!(claim["agent"]["detected_by"], whole["detected_by"], "{claim:#}");
+    let summary = &kinds(&outputs, "reconcile.summary")[0];
+    assert_eq!(summary["agent"]["detected_by"], whole["detected_by"], "{summary:#}");
+    assert_eq!(summary["agent"]["registered"], json!(true));
+}
+
+#[test]
+fn session_seen_through_ids_only_gets_the_whole_section_later() {
+    // After a restart the first record may be an ids-only session end.
+    let agent = Agent::new(100, "b-2");
+    let (ids_only, whole) = agent_sections(&agent);
+    let mut engine = Reconciler::new(config());
+    let mut ended = json!({ "kind": "agent.session_end", "time_unix_nano": T0,
+        "process": { "pid": agent.pid, "exec_id": agent.agent_id }, "agent": ids_only, "session": { "id": "b-1" } });
+    ended["agent"]["session_id"] = json!("b-1");
+    engine.observe(ended, T0);
+    // A claim of that session opens its tally while only the ids are known.
+    engine.report(tool_report(100, "ls /nowhere", "call_1", T0, T0 + 100 * MS), T0 + 200 * MS);
+    let mut spawn = agent.spawn(200, &["id"], None, T0 + SEC);
+    spawn["agent"] = whole.clone();
+    engine.observe(spawn, T0 + SEC);
+    let outputs = engine.tick(T0 + 10 * SEC);
+    let summary = kinds(&outputs, "reconcile.summary").into_iter().find(|s| s["agent"]["session_id"] == "b-1");
+    let summary = summary.unwrap_or_else(|| panic!("no summary of b-1 in {outputs:#?}"));
+    assert_eq!(summary["agent"]["detected_by"], whole["detected_by"], "{summary:#}");
+}
