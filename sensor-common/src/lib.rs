@@ -25,6 +25,12 @@ pub const EXE_PATH_COMPONENT: usize = 48;
 pub const EXE_PATH_MAX_COMPONENTS: usize = 12;
 /// Bytes of the executable's path buffer.
 pub const EXE_PATH_CAPACITY: usize = EXE_PATH_COMPONENT * EXE_PATH_MAX_COMPONENTS;
+/// Bytes of one environment entry the kernel reads at a time while looking
+/// for a tool process's `TRACEPARENT`; also the most it sends of the entry.
+pub const TRACE_CONTEXT_CAPACITY: usize = 128;
+/// Reads of the environment per exec at most: entries plus the extra reads
+/// of entries longer than [`TRACE_CONTEXT_CAPACITY`].
+pub const TRACE_CONTEXT_MAX_READS: u32 = 512;
 /// Length of `task_struct::comm`.
 pub const COMM_LEN: usize = 16;
 /// Bytes of a socket address copied from a `connect` call: a `sockaddr_in6`.
@@ -157,6 +163,14 @@ pub struct ExecEvent {
     pub filename_len: u32,
     /// Component slots of `exe_path` used.
     pub exe_path_len: u32,
+    /// Bytes of `trace_context`, 0 when the process is outside an agent's
+    /// tree or its environment has no `TRACEPARENT`.
+    pub trace_context_len: u32,
+    pub _pad2: u32,
+    /// The environment entry `TRACEPARENT=...` (or `traceparent=...`) of a
+    /// process in an agent's tree, read at exec before the process can
+    /// exit or change it.
+    pub trace_context: [u8; TRACE_CONTEXT_CAPACITY],
     pub comm: [u8; COMM_LEN],
     pub exe_name: [u8; EXE_NAME_CAPACITY],
     pub filename: [u8; FILENAME_CAPACITY],
@@ -407,6 +421,10 @@ pub struct KernelOffsets {
     pub mm_ok: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    /// 1 when the two offsets below are valid.
+    pub mm_env_ok: u32,
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
     pub mm_exe_file: u32,
     pub file_inode: u32,
     pub file_dentry: u32,
@@ -500,6 +518,9 @@ pub struct ProgramConfig {
     pub wakeup_bytes: u32,
     /// Bytes of plaintext copied per `SSL_*` call, at most `TLS_CAPACITY - 1`.
     pub tls_max_bytes: u32,
+    /// Bytes of an agent tree's process environment searched for
+    /// `TRACEPARENT` at exec; 0 turns the search off.
+    pub trace_context_max_bytes: u32,
     /// This architecture's syscall numbers for the calls the shared send
     /// and file programs tell apart; `u32::MAX` where the architecture
     /// lacks the call (arm64 has no `open`, `unlink` or `rename`).
@@ -594,12 +615,12 @@ pub struct ConnectArgs {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 136 + 16 + 64 + 256 + EXE_PATH_CAPACITY + ARGV_CAPACITY);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 144 + TRACE_CONTEXT_CAPACITY + 16 + 64 + 256 + EXE_PATH_CAPACITY + ARGV_CAPACITY);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<ConnectResultEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 69 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72 * 4);
 const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 64);
 const _: () = assert!(ARGV_CAPACITY.is_power_of_two());
 const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());

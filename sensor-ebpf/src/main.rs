@@ -18,7 +18,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str,
             bpf_ringbuf_output, bpf_ringbuf_query, bpf_task_pt_regs,
         },
     },
@@ -39,6 +39,7 @@ static CONFIG: ProgramConfig = ProgramConfig {
     report_threads: 0,
     wakeup_bytes: 0,
     tls_max_bytes: 4095,
+    trace_context_max_bytes: 0,
     syscalls: SyscallNumbers::NONE,
 };
 
@@ -307,11 +308,88 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     event.session_id = unsafe { TRACKED.get(&event.header.pid) }.map_or(0, |t| t.session_id);
     read_exe_and_argv(event, task, &off, &cfg);
     read_pid_namespace(event, task, &off);
+    read_trace_context(event, task, &off, &cfg);
 
     let len = core::mem::offset_of!(ExecEvent, argv) as u64
         + (event.argv_len as u64 & (ARGV_CAPACITY as u64 - 1));
     output_bytes(EventKind::Exec, event_ptr as *const u8, len);
     Ok(())
+}
+
+/// Copies a tool process's `TRACEPARENT=...` environment entry into its
+/// exec record. Read here, the entry cannot be missed because the process
+/// exited, or changed because it rewrote its environment, before the
+/// daemon looks; and only processes of an agent's tree pay for the search.
+fn read_trace_context(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg: &ProgramConfig) {
+    event.trace_context_len = 0;
+    if event.session_id == 0 || cfg.trace_context_max_bytes == 0 || off.mm_ok == 0 || off.mm_env_ok == 0 {
+        return;
+    }
+    if !find_trace_context(event, task, off, cfg) {
+        // The buffer holds the last entry read, which may be a secret: it
+        // must not travel to the daemon in the record.
+        event.trace_context = [0; TRACE_CONTEXT_CAPACITY];
+    }
+}
+
+/// Returns true with the entry and its length in the record when found.
+#[inline(always)]
+fn find_trace_context(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg: &ProgramConfig) -> bool {
+    let mm: u64 = read_kernel(task, off.task_mm);
+    let start: u64 = read_kernel(mm, off.mm_env_start);
+    let end: u64 = read_kernel(mm, off.mm_env_end);
+    let limit = start.saturating_add(end.saturating_sub(start).min(cfg.trace_context_max_bytes as u64));
+    let mut at = start;
+    // 1 while reading the rest of an entry longer than the buffer, whose
+    // bytes must not be taken for the start of an entry. Kept as a number
+    // and updated without branches: two paths per read would double the
+    // verifier's states at every turn of the loop.
+    let mut inside = 0u64;
+    for _ in 0..TRACE_CONTEXT_MAX_READS {
+        if at >= limit {
+            return false;
+        }
+        // SAFETY: the buffer is TRACE_CONTEXT_CAPACITY bytes long; the
+        // helper validates the user address and fails without faulting.
+        let copied = unsafe {
+            bpf_probe_read_user_str(event.trace_context.as_mut_ptr().cast(), TRACE_CONTEXT_CAPACITY as u32, at as *const _)
+        };
+        if copied <= 0 {
+            return false;
+        }
+        let copied = (copied as u64) & (2 * TRACE_CONTEXT_CAPACITY as u64 - 1);
+        if inside == 0 && is_traceparent_entry(&event.trace_context) {
+            // Past its terminator the buffer still holds the tails of
+            // longer entries read before, which may be secrets: read the
+            // entry again into a cleared buffer.
+            event.trace_context = [0; TRACE_CONTEXT_CAPACITY];
+            // SAFETY: as above.
+            let again = unsafe {
+                bpf_probe_read_user_str(event.trace_context.as_mut_ptr().cast(), TRACE_CONTEXT_CAPACITY as u32, at as *const _)
+            };
+            event.trace_context_len = (again.max(1) as u32 - 1) & (TRACE_CONTEXT_CAPACITY as u32 - 1);
+            return true;
+        }
+        // A full buffer means the entry may go on past it: the next read
+        // starts at its terminator or its remaining bytes.
+        inside = copied / TRACE_CONTEXT_CAPACITY as u64;
+        at += copied - inside;
+    }
+    false
+}
+
+#[inline(always)]
+fn is_traceparent_entry(entry: &[u8; TRACE_CONTEXT_CAPACITY]) -> bool {
+    const UPPER: (u64, u32) = (u64::from_le_bytes(*b"TRACEPAR"), u32::from_le_bytes(*b"ENT="));
+    const LOWER: (u64, u32) = (u64::from_le_bytes(*b"tracepar"), u32::from_le_bytes(*b"ent="));
+    // SAFETY: both reads are inside the 128-byte buffer.
+    let entry = unsafe {
+        (
+            core::ptr::read_unaligned(entry.as_ptr().cast::<u64>()),
+            core::ptr::read_unaligned(entry.as_ptr().add(8).cast::<u32>()),
+        )
+    };
+    entry == UPPER || entry == LOWER
 }
 
 fn read_exe_and_argv(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg: &ProgramConfig) {

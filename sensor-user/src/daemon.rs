@@ -35,7 +35,12 @@ const BATCH: usize = 4096;
 const POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut probes = Probes::start(&config.probes)?;
+    let reconcile = &config.reconcile;
+    let trace_context_bytes = match reconcile.enabled && reconcile.read_trace_context {
+        true => u32::try_from(reconcile.environ_max_bytes).unwrap_or(u32::MAX),
+        false => 0,
+    };
+    let mut probes = Probes::start(&config.probes, trace_context_bytes)?;
     let events = probes.events.take().context("the ring buffer was already taken")?;
     let boot_id = read_boot_id();
     let host_name = hostname();
@@ -96,7 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reconcile: config
             .reconcile
             .enabled
-            .then(|| crate::reconcile::Live::new(config.reconcile.clone(), config.process.procfs_path.clone())),
+            .then(|| crate::reconcile::Live::new(config.reconcile.clone())),
         policy,
     };
     let (mut ingest, ingest_problems) = match config.ingest.enabled {

@@ -171,11 +171,12 @@ impl Pipeline {
 
     /// Agent work after an exec: known agent programs, tool spawns, and
     /// executables that carry their own TLS stack.
-    pub(super) fn after_exec(&mut self, key: ProcKey, time_ns: u64, probes: &mut Probes) -> anyhow::Result<()> {
+    /// `trace_context` is the exec record's `TRACEPARENT=...` entry.
+    pub(super) fn after_exec(&mut self, key: ProcKey, time_ns: u64, trace_context: &[u8], probes: &mut Probes) -> anyhow::Result<()> {
         if let Some(root) = self.agents.tool_spawn_root(&key) {
             let changes = self.agents.activity(root, time_ns, |session| session.tool_spawns += 1);
             self.record_changes(root, changes, time_ns, None)?;
-            let trace_context = self.reconcile.as_mut().and_then(|r| r.trace_context(key.pid));
+            let trace_context = self.reconcile.as_ref().and_then(|_| crate::reconcile::trace_context(trace_context));
             self.emit(key, "tool.spawn", time_ns, None, |record| {
                 if let Some(trace_context) = trace_context {
                     record.sections.insert("trace_context".into(), trace_context);

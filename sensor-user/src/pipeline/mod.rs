@@ -109,7 +109,7 @@ impl Pipeline {
                     self.tls_scanned.insert(key, ());
                 }
                 self.emit(key, "process.exec", header.time_ns, None, |_| {})?;
-                self.after_exec(key, header.time_ns, probes)?;
+                self.after_exec(key, header.time_ns, exec.trace_context, probes)?;
             }
             KernelEvent::Fork(fork) => {
                 let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);

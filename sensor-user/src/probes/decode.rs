@@ -9,7 +9,7 @@ use core::mem::{offset_of, size_of};
 
 use sensor_common::{
     ConnectEvent, ConnectResultEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, ForkEvent,
-    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, EXE_PATH_COMPONENT, EXE_PATH_MAX_COMPONENTS, FILENAME_CAPACITY, PATH_CAPACITY,
+    PayloadEvent, TlsEvent, COMM_LEN, EXE_NAME_CAPACITY, EXE_PATH_COMPONENT, EXE_PATH_MAX_COMPONENTS, FILENAME_CAPACITY, PATH_CAPACITY, TRACE_CONTEXT_CAPACITY,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +46,9 @@ pub struct Exec<'a> {
     pub comm: &'a [u8],
     pub exe_name: &'a [u8],
     pub filename: &'a [u8],
+    /// The `TRACEPARENT=...` environment entry of a process in an agent's
+    /// tree, empty when there is none.
+    pub trace_context: &'a [u8],
     pub argv: &'a [u8],
 }
 
@@ -257,6 +260,10 @@ fn decode_exec(bytes: &[u8]) -> Result<Exec<'_>, DecodeError> {
         comm: c_str(field(offset_of!(ExecEvent, comm), COMM_LEN)),
         exe_name: c_str(field(offset_of!(ExecEvent, exe_name), EXE_NAME_CAPACITY)),
         filename: c_str(field(offset_of!(ExecEvent, filename), filename_len)),
+        trace_context: {
+            let len = (read::<u32>(bytes, offset_of!(ExecEvent, trace_context_len))? as usize).min(TRACE_CONTEXT_CAPACITY);
+            field(offset_of!(ExecEvent, trace_context), len)
+        },
         argv: &bytes[argv_at..argv_at + argv_len],
     })
 }

@@ -199,7 +199,9 @@ impl Hook {
 
 impl Probes {
     /// Loads and attaches every hook this kernel allows.
-    pub fn start(config: &ProbesConfig) -> Result<Probes, ProbeError> {
+    /// `trace_context_max_bytes` bounds the search of a tool process's
+    /// environment for its trace context at exec; 0 turns it off.
+    pub fn start(config: &ProbesConfig, trace_context_max_bytes: u32) -> Result<Probes, ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::ObjectMissing);
         }
@@ -263,6 +265,7 @@ impl Probes {
             report_threads: u32::from(config.report_threads),
             wakeup_bytes: config.wakeup_bytes,
             tls_max_bytes: config.tls_max_bytes,
+            trace_context_max_bytes,
             syscalls: syscall_numbers(),
         };
         let mut ebpf = EbpfLoader::new()

@@ -47,6 +47,13 @@ pub fn resolve(btf: &Btf) -> Result<(KernelOffsets, Vec<MissingGroup>), TaskOffs
             Err(error) => missing.push(MissingGroup { capability: "exec.exe_version", reason: error.to_string() }),
         }
     }
+    // Optional: without it tool spawns carry no trace context.
+    if offsets.mm_ok == 1 {
+        match resolve_env(btf, &mut offsets) {
+            Ok(()) => offsets.mm_env_ok = 1,
+            Err(error) => missing.push(MissingGroup { capability: "exec.trace_context", reason: error.to_string() }),
+        }
+    }
     match resolve_netns(btf, &mut offsets) {
         Ok(()) => offsets.netns_ok = 1,
         Err(error) => missing.push(MissingGroup { capability: "net.namespace", reason: error.to_string() }),
@@ -122,6 +129,12 @@ fn resolve_mm(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
     o.inode_sb = btf.member_offset("inode", "i_sb")?;
     o.inode_nlink = btf.member_offset("inode", "__i_nlink")?;
     o.sb_dev = btf.member_offset("super_block", "s_dev")?;
+    Ok(())
+}
+
+fn resolve_env(btf: &Btf, o: &mut KernelOffsets) -> Result<(), BtfError> {
+    o.mm_env_start = btf.member_offset("mm_struct", "env_start")?;
+    o.mm_env_end = btf.member_offset("mm_struct", "env_end")?;
     Ok(())
 }
 

@@ -1,8 +1,6 @@
 //! The engine inside the daemon: records about agents in, reports from the
 //! ingest stage in, findings and summaries out as evidence records.
 
-use std::{io::Read as _, path::{Path, PathBuf}};
-
 use serde_json::{json, Value};
 
 use super::{Output, ReconcileConfig, Reconciler};
@@ -19,20 +17,11 @@ const OBSERVED_KINDS: &[&str] = &["agent.detected", "tool.spawn", "process.exit"
 /// The engine with what the daemon needs around it.
 pub struct Live {
     pub engine: Reconciler,
-    procfs: PathBuf,
-    read_trace_context: bool,
-    /// Buffer for each spawn's environment, `environ_max_bytes` long and reused.
-    environ: Vec<u8>,
 }
 
 impl Live {
-    pub fn new(config: ReconcileConfig, procfs: PathBuf) -> Live {
-        Live {
-            read_trace_context: config.read_trace_context,
-            environ: vec![0; config.environ_max_bytes],
-            engine: Reconciler::new(config),
-            procfs,
-        }
+    pub fn new(config: ReconcileConfig) -> Live {
+        Live { engine: Reconciler::new(config) }
     }
 
     /// Feeds a record the daemon just wrote, when it is about an agent.
@@ -52,34 +41,16 @@ impl Live {
             Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),
         }
     }
-
-    /// Builds the `trace_context` section of a tool spawn, when the
-    /// process's environment carries a W3C `traceparent`.
-    pub fn trace_context(&mut self, pid: u32) -> Option<Value> {
-        if !self.read_trace_context {
-            return None;
-        }
-        read_trace_context(&self.procfs, pid, &mut self.environ).map(|traceparent| json!({ "traceparent": traceparent }))
-    }
 }
 
-/// Reads `TRACEPARENT` (or `traceparent`) from `/proc/PID/environ`,
-/// reading at most `bytes.len()` into `bytes`.
-///
-/// NOTE: the environment is read when the daemon handles the exec record,
-/// a few milliseconds after the exec. A process that has already exited
-/// has none to read, and one that changed its environment in place shows
-/// the change.
-pub fn read_trace_context(procfs: &Path, pid: u32, bytes: &mut [u8]) -> Option<String> {
-    let mut file = std::fs::File::open(procfs.join(pid.to_string()).join("environ")).ok()?;
-    // procfs fills the buffer with the whole environment, or its first
-    // `bytes.len()` bytes, in one read, so one read per spawn is enough.
-    let filled = file.read(bytes).ok()?;
-    bytes[..filled].split(|b| *b == 0).find_map(|entry| {
-        let value = entry.strip_prefix(b"TRACEPARENT=").or_else(|| entry.strip_prefix(b"traceparent="))?;
-        let text = std::str::from_utf8(value).ok()?;
-        super::engine::parse_traceparent(text).map(|_| text.to_owned())
-    })
+/// Builds the `trace_context` section of a tool spawn from the
+/// `TRACEPARENT=...` (or `traceparent=...`) environment entry the kernel
+/// copied at exec; `None` when the entry is missing or malformed.
+pub fn trace_context(entry: &[u8]) -> Option<Value> {
+    let value = entry.strip_prefix(b"TRACEPARENT=").or_else(|| entry.strip_prefix(b"traceparent="))?;
+    let text = std::str::from_utf8(value).ok()?;
+    super::engine::parse_traceparent(text)?;
+    Some(json!({ "traceparent": text }))
 }
 
 impl Pipeline {
@@ -173,44 +144,30 @@ const ENGINE_SECTIONS: &[&str] = &["trace_context", "file", "session"];
 
 #[cfg(test)]
 mod tests {
-    use super::read_trace_context;
+    use serde_json::json;
+
+    use super::trace_context;
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// Writes `environ` as the environment of pid 42 under a fake procfs.
-    fn fake_procfs(tag: &str, environ: &[u8]) -> std::path::PathBuf {
-        let root = std::env::temp_dir().join(format!("agent-sensor-environ-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("42")).unwrap();
-        std::fs::write(root.join("42/environ"), environ).unwrap();
-        root
+    #[test]
+    fn traceparent_entry_in_either_case() {
+        let upper = format!("TRACEPARENT={TRACEPARENT}");
+        assert_eq!(trace_context(upper.as_bytes()), Some(json!({ "traceparent": TRACEPARENT })));
+        let lower = format!("traceparent={TRACEPARENT}");
+        assert_eq!(trace_context(lower.as_bytes()), Some(json!({ "traceparent": TRACEPARENT })));
     }
 
     #[test]
-    fn traceparent_found_in_environ() {
-        let environ = format!("PATH=/bin\0TRACEPARENT={TRACEPARENT}\0HOME=/root\0");
-        let root = fake_procfs("found", environ.as_bytes());
-        let mut buffer = vec![0; 4096];
-        assert_eq!(read_trace_context(&root, 42, &mut buffer).as_deref(), Some(TRACEPARENT));
-        // The reused buffer must not carry the first environment into the next.
-        std::fs::write(root.join("42/environ"), b"PATH=/bin\0").unwrap();
-        assert_eq!(read_trace_context(&root, 42, &mut buffer), None);
-        std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn traceparent_past_bound_ignored() {
-        let environ = format!("FILLER={}\0TRACEPARENT={TRACEPARENT}\0", "x".repeat(200));
-        let root = fake_procfs("bound", environ.as_bytes());
-        let mut buffer = vec![0; 128];
-        assert_eq!(read_trace_context(&root, 42, &mut buffer), None);
-        std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn missing_process_has_none() {
-        let root = fake_procfs("missing", b"");
-        let mut buffer = vec![0; 128];
-        assert_eq!(read_trace_context(&root, 7, &mut buffer), None);
-        std::fs::remove_dir_all(root).unwrap();
+    fn missing_or_malformed_entry_has_none() {
+        assert_eq!(trace_context(b""), None);
+        assert_eq!(trace_context(b"TRACEPARENT="), None);
+        assert_eq!(trace_context(b"TRACEPARENT=00-not-a-trace-id-01"), None);
+        assert_eq!(trace_context(format!("TraceParent={TRACEPARENT}").as_bytes()), None);
+        // Cut by the kernel's bound: a prefix of a valid value.
+        assert_eq!(trace_context(format!("TRACEPARENT={}", &TRACEPARENT[..40]).as_bytes()), None);
+        let mut invalid_utf8 = b"TRACEPARENT=".to_vec();
+        invalid_utf8.extend_from_slice(&[0xff; 55]);
+        assert_eq!(trace_context(&invalid_utf8), None);
     }
 }

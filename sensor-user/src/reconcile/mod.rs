@@ -26,7 +26,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Output, Reconciler};
-pub use live::Live;
+pub use live::{trace_context, Live};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -58,11 +58,10 @@ pub struct ReconcileConfig {
     pub max_pending: usize,
     /// How often pending matches are decided, in milliseconds.
     pub tick_ms: u64,
-    /// Read `TRACEPARENT` from a tool process's environment at exec
-    /// (`/proc/PID/environ`, bounded by `environ_max_bytes`), so the
-    /// process matches the span that started it.
+    /// Have the kernel copy `TRACEPARENT` from a tool process's environment
+    /// at exec, so the process matches the span that started it.
     pub read_trace_context: bool,
-    /// Bytes of `/proc/PID/environ` read at most per tool spawn.
+    /// Bytes of a tool process's environment searched at most for it.
     pub environ_max_bytes: usize,
 }
 
