@@ -259,6 +259,14 @@ fn openai_python_tool_spawn() {
         "{spawn}"
     );
     assert!(spawn["agent"]["session_id"].is_string(), "{spawn}");
+    // One record per exec: the tool spawn stands in for `process.exec`.
+    let of_exec: Vec<_> = sensor
+        .records()
+        .into_iter()
+        .filter(|r| r["process"]["exec_id"] == spawn["process"]["exec_id"])
+        .filter(|r| r["kind"] == "process.exec" || r["kind"] == "tool.spawn")
+        .collect();
+    assert_eq!(of_exec.len(), 1, "{of_exec:#?}");
 }
 
 #[test]

@@ -171,9 +171,18 @@ impl Pipeline {
 
     /// Agent work after an exec: known agent programs, tool spawns, and
     /// executables that carry their own TLS stack.
-    /// `trace_context` is the exec record's `TRACEPARENT=...` entry.
-    pub(super) fn after_exec(&mut self, key: ProcKey, time_ns: u64, trace_context: &[u8], probes: &mut Probes) -> anyhow::Result<()> {
-        if let Some(root) = self.agents.tool_spawn_root(&key) {
+    /// Records the tool spawn when `tool_root` names the agent whose tree
+    /// the process is in; `trace_context` is the exec record's
+    /// `TRACEPARENT=...` entry.
+    pub(super) fn after_exec(
+        &mut self,
+        key: ProcKey,
+        time_ns: u64,
+        tool_root: Option<ProcKey>,
+        trace_context: &[u8],
+        probes: &mut Probes,
+    ) -> anyhow::Result<()> {
+        if let Some(root) = tool_root {
             let changes = self.agents.activity(root, time_ns, |session| session.tool_spawns += 1);
             self.record_changes(root, changes, time_ns, None)?;
             let trace_context = self.reconcile.as_ref().and_then(|_| crate::reconcile::trace_context(trace_context));

@@ -108,8 +108,14 @@ impl Pipeline {
                 if self.uprobes.note_executable(key.pid, exec.exe_dev, exec.exe_inode) {
                     self.tls_scanned.insert(key, ());
                 }
-                self.emit(key, "process.exec", header.time_ns, None, |_| {})?;
-                self.after_exec(key, header.time_ns, exec.trace_context, probes)?;
+                // Inside an agent's tree the exec is recorded once, as the
+                // tool spawn it is: a `process.exec` beside it would repeat
+                // every byte of it.
+                let tool_root = self.agents.tool_spawn_root(&key);
+                if tool_root.is_none() {
+                    self.emit(key, "process.exec", header.time_ns, None, |_| {})?;
+                }
+                self.after_exec(key, header.time_ns, tool_root, exec.trace_context, probes)?;
             }
             KernelEvent::Fork(fork) => {
                 let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);
