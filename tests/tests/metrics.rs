@@ -86,3 +86,43 @@ fn counters_move_and_probes_answer() {
     let stop = records.iter().find(|r| r["kind"] == "sensor.stop").expect("sensor.stop record");
     assert!(stop["sensor"]["records_written"].as_f64().unwrap() >= written_after, "{stop}");
 }
+
+/// A long-lived client that opens a connection per request, as many HTTP
+/// clients do: the sensor's tables hold its live connections, not every
+/// connection it ever made.
+#[test]
+fn per_request_connections_stay_bounded() {
+    require_sensor!();
+    let port = free_port();
+    let sensor = Sensor::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let (status, body) = get(port, "/metrics");
+    assert_eq!(status, 200, "{body}\nstderr:\n{}", sensor.stderr());
+    let before = sample(&body, "agent_sensor_table_entries{table=\"connections\"}");
+
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in server.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    const REQUESTS: usize = 300;
+    for _ in 0..REQUESTS {
+        let mut client = TcpStream::connect(address).unwrap();
+        // An HTTP request as the first bytes, so the sensor parses the
+        // stream as plaintext too.
+        client.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, after) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    let connections = sample(&after, "agent_sensor_table_entries{table=\"connections\"}");
+    assert!(connections - before < 50.0, "{connections} connections kept after {REQUESTS} closed ones (from {before})");
+    let streams = sample(&after, "agent_sensor_table_entries{table=\"llm_streams\"}");
+    assert!(streams < 50.0, "{streams} plaintext streams kept after {REQUESTS} closed connections");
+}

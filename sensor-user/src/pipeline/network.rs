@@ -79,9 +79,10 @@ impl Pipeline {
         let quic = protocol == "udp" && destination.as_ref().is_some_and(|d| d.port == QUIC_PORT);
 
         let succeeded = connect.result == 0 || outcome.is_some();
-        if succeeded {
-            self.remember_connection(connect, destination.clone(), protocol, dns_name.clone(), provider.as_ref().map(|p| p.provider.clone()));
-        }
+        let replaced = match succeeded {
+            true => self.remember_connection(connect, destination.clone(), protocol, dns_name.clone(), provider.as_ref().map(|p| p.provider.clone())),
+            false => None,
+        };
         let network = NetworkView {
             protocol,
             destination: destination.clone(),
@@ -92,6 +93,13 @@ impl Pipeline {
             fd: Some(connect.fd),
             seen_at: (header.flags & CONNECT_FLAG_FIRST_SEND != 0).then_some("first_send"),
         };
+        // The socket that had this fd before was closed. Its plaintext
+        // parse ends like a closed stream: a response read until close is
+        // complete, anything else is reported as cut.
+        if let Some(old) = replaced {
+            let unfinished = self.llm.close_stream(StreamKey { pid: header.pid, stream: old });
+            self.on_llm_events(key, unfinished, None)?;
+        }
         let candidate = by_address.filter(|m| m.matched_by == "port");
         self.emit(key, "net.connect", header.time_ns, Some(header.tid), |record| {
             record.network = Some(network);
@@ -128,6 +136,8 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Keeps what later records of the connection need. Returns the
+    /// connect id of the connection this one replaced on the same fd.
     fn remember_connection(
         &mut self,
         connect: &ConnectEvent,
@@ -135,15 +145,24 @@ impl Pipeline {
         protocol: &'static str,
         dns_name: Option<String>,
         provider: Option<String>,
-    ) {
+    ) -> Option<u64> {
+        let pid = connect.header.pid;
+        // A new connect on a known fd means the process closed the old
+        // socket, so its entry goes. Otherwise a client that opens a
+        // connection per request would fill the table with dead ones.
+        let replaced = self
+            .connection_fds
+            .insert((pid, connect.fd), connect.connect_id)
+            .filter(|&old| old != connect.connect_id);
+        if let Some(old) = replaced {
+            self.connections.remove(&(pid, old));
+        }
         if self.connections.len() >= MAX_CONNECTIONS {
             let oldest = self.connections.iter().min_by_key(|(_, c)| c.time_ns).map(|(k, _)| *k);
             if let Some(oldest) = oldest {
                 self.connections.remove(&oldest);
             }
         }
-        let pid = connect.header.pid;
-        self.connection_fds.insert((pid, connect.fd), connect.connect_id);
         self.connections.insert(
             (pid, connect.connect_id),
             Connection {
@@ -156,6 +175,7 @@ impl Pipeline {
                 ..Default::default()
             },
         );
+        replaced
     }
 
     pub(super) fn on_connect_result(&mut self, key: ProcKey, result: &ConnectResultEvent) -> anyhow::Result<()> {
