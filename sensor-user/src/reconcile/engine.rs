@@ -63,13 +63,29 @@ pub struct Stats {
     pub pending_dropped: u64,
 }
 
+/// A JSON value kept as its text. A pending action waits out the grace
+/// window, so a busy agent has thousands; as trees of maps their process,
+/// workload and agent sections took several times the memory of the text.
+#[derive(Debug, Clone)]
+struct Packed(Box<str>);
+
+impl Packed {
+    fn new(value: &Value) -> Packed {
+        Packed(value.to_string().into_boxed_str())
+    }
+
+    fn unpack(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Action {
     seq: u64,
     session_id: String,
-    agent: Value,
-    process: Value,
-    workload: Option<Value>,
+    agent: Packed,
+    process: Packed,
+    workload: Option<Packed>,
     record_id: String,
     time_ns: u64,
     exec_id: String,
@@ -391,9 +407,9 @@ impl Reconciler {
         state.actions.push(Action {
             seq,
             session_id: session.to_owned(),
-            agent,
-            process,
-            workload: record.remove("workload"),
+            agent: Packed::new(&agent),
+            process: Packed::new(&process),
+            workload: record.remove("workload").as_ref().map(Packed::new),
             record_id,
             time_ns,
             exec_id,
@@ -819,15 +835,16 @@ fn unreported_finding(state: &AgentState, action: &Action, windows: &[(u64, u64)
         .take(NEARBY)
         .collect();
     let tally = state.tallies.get(&action.session_id);
+    let process = action.process.unpack();
     let mut observed = json!({
         "kind": "tool.spawn",
         "record_id": action.record_id,
         "exec_id": action.exec_id,
         "time": rfc3339(action.time_ns),
         "argv": action.argv,
-        "exe": action.process.get("exe"),
-        "parent": action.process.get("parent"),
-        "ancestry": action.process.get("ancestry"),
+        "exe": process.get("exe"),
+        "parent": process.get("parent"),
+        "ancestry": process.get("ancestry"),
         "descendants": action.descendants.iter().map(|(id, argv)| json!({ "exec_id": id, "argv": argv })).collect::<Vec<_>>(),
     });
     if let Some(exited) = action.exited_ns {
@@ -837,11 +854,11 @@ fn unreported_finding(state: &AgentState, action: &Action, windows: &[(u64, u64)
         observed["trace_context"] = json!({ "trace_id": trace, "parent_span_id": span });
     }
     let mut sections = Map::new();
-    sections.insert("process".into(), action.process.clone());
+    sections.insert("process".into(), process);
     if let Some(workload) = &action.workload {
-        sections.insert("workload".into(), workload.clone());
+        sections.insert("workload".into(), workload.unpack());
     }
-    sections.insert("agent".into(), action.agent.clone());
+    sections.insert("agent".into(), action.agent.unpack());
     sections.insert(
         "finding".into(),
         json!({
