@@ -279,6 +279,11 @@ impl Reconciler {
         self.agents.len()
     }
 
+    /// Returns true when a tick may have something to decide.
+    pub fn is_idle(&self) -> bool {
+        self.agents.is_empty() && self.unbound.is_empty()
+    }
+
     fn grace_ns(&self) -> u64 {
         self.config.grace_ms.saturating_mul(1_000_000)
     }

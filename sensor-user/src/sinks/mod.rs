@@ -123,6 +123,8 @@ pub struct Sinks {
     rendered: Vec<u8>,
     pub records_written: u64,
     pub checkpoints_written: u64,
+    /// Lines were written since the last flush.
+    unflushed: bool,
     /// The export stage's channel (`[export.otlp]`), fed every sealed line.
     export: Option<crate::export::ExportQueue>,
 }
@@ -187,6 +189,7 @@ impl Sinks {
             line: Vec::with_capacity(4096),
             rendered: Vec::with_capacity(4096),
             records_written: 0,
+            unflushed: false,
             checkpoints_written: 0,
             export,
         };
@@ -261,7 +264,7 @@ impl Sinks {
     /// signs it when `signer` is given (a checkpoint), seals it and writes
     /// it to the chain's sinks.
     fn append_to_chain(&mut self, index: usize, seq: u64, signer: Option<&Signer>) -> Result<(), SinkError> {
-        let Sinks { chains, line, rendered, file, stdout, export, .. } = self;
+        let Sinks { chains, line, rendered, file, stdout, export, unflushed, .. } = self;
         let chain = &mut chains[index];
 
         rendered.clear();
@@ -282,6 +285,7 @@ impl Sinks {
             }
         };
         rendered.push(b'\n');
+        *unflushed = true;
 
         if let (true, Some(file)) = (chain.to_file, file.as_mut()) {
             file.append(rendered, seq)?;
@@ -369,6 +373,7 @@ impl Sinks {
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.unflushed = false;
         if let Some(file) = &mut self.file {
             if self.settings.fsync == FsyncPolicy::Batch {
                 file.sync_data()?;
@@ -380,6 +385,11 @@ impl Sinks {
             stdout.flush().map_err(|source| SinkError::Write { sink: "stdout", source })?;
         }
         Ok(())
+    }
+
+    /// Returns true when lines were written since the last flush.
+    pub fn has_unflushed(&self) -> bool {
+        self.unflushed
     }
 
     /// Ends a batch of records: flushes when `evidence.fsync` is `batch`,
