@@ -26,7 +26,7 @@ pub const EXE_PATH_MAX_COMPONENTS: usize = 12;
 /// Bytes of the executable's path buffer.
 pub const EXE_PATH_CAPACITY: usize = EXE_PATH_COMPONENT * EXE_PATH_MAX_COMPONENTS;
 /// Bytes of one environment entry the kernel reads at a time while looking
-/// for a tool process's `TRACEPARENT`; also the most it sends of the entry.
+/// for a tool process's `TRACEPARENT`. It is also the longest entry sent.
 pub const TRACE_CONTEXT_CAPACITY: usize = 128;
 /// Reads of the environment per exec at most: entries plus the extra reads
 /// of entries longer than [`TRACE_CONTEXT_CAPACITY`].

@@ -317,17 +317,17 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// Copies a tool process's `TRACEPARENT=...` environment entry into its
-/// exec record. Read here, the entry cannot be missed because the process
-/// exited, or changed because it rewrote its environment, before the
-/// daemon looks; and only processes of an agent's tree pay for the search.
+/// exec record. Read at exec, it is there even when the process exits or
+/// rewrites its environment before the daemon looks. Only processes of an
+/// agent's tree pay for the search.
 fn read_trace_context(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg: &ProgramConfig) {
     event.trace_context_len = 0;
     if event.session_id == 0 || cfg.trace_context_max_bytes == 0 || off.mm_ok == 0 || off.mm_env_ok == 0 {
         return;
     }
     if !find_trace_context(event, task, off, cfg) {
-        // The buffer holds the last entry read, which may be a secret: it
-        // must not travel to the daemon in the record.
+        // The buffer contains the last entry read, which may be a secret,
+        // so it must not travel to the daemon in the record.
         event.trace_context = [0; TRACE_CONTEXT_CAPACITY];
     }
 }
@@ -339,6 +339,7 @@ fn find_trace_context(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg
     let start: u64 = read_kernel(mm, off.mm_env_start);
     let end: u64 = read_kernel(mm, off.mm_env_end);
     let limit = start.saturating_add(end.saturating_sub(start).min(cfg.trace_context_max_bytes as u64));
+
     let mut at = start;
     // 1 while reading the rest of an entry longer than the buffer, whose
     // bytes must not be taken for the start of an entry. Kept as a number
@@ -358,10 +359,11 @@ fn find_trace_context(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg
             return false;
         }
         let copied = (copied as u64) & (2 * TRACE_CONTEXT_CAPACITY as u64 - 1);
+
         if inside == 0 && is_traceparent_entry(&event.trace_context) {
-            // Past its terminator the buffer still holds the tails of
-            // longer entries read before, which may be secrets: read the
-            // entry again into a cleared buffer.
+            // The helper leaves the bytes past the terminator as they were,
+            // so they may contain the tail of an earlier, longer entry (a
+            // secret, perhaps). Read the entry again into a cleared buffer.
             event.trace_context = [0; TRACE_CONTEXT_CAPACITY];
             // SAFETY: as above.
             let again = unsafe {
@@ -370,6 +372,7 @@ fn find_trace_context(event: &mut ExecEvent, task: u64, off: &KernelOffsets, cfg
             event.trace_context_len = (again.max(1) as u32 - 1) & (TRACE_CONTEXT_CAPACITY as u32 - 1);
             return true;
         }
+
         // A full buffer means the entry may go on past it: the next read
         // starts at its terminator or its remaining bytes.
         inside = copied / TRACE_CONTEXT_CAPACITY as u64;
@@ -1029,8 +1032,8 @@ fn send_payload(pid_tgid: u64, fd: i32, connect_id: u64, direction: u32, port: u
     // A connection's first bytes can make its process an agent, and the
     // daemon must mark the agent's tree before the agent forks its tools,
     // so these few records wake the daemon at once. A tree already marked
-    // has nothing to race: its records wait for the drain timer, which
-    // spares an agent's every request a wakeup of the daemon.
+    // has nothing to race, so its records wait for the drain timer. That
+    // spares the daemon a wakeup per request of a followed agent.
     // SAFETY: a lookup in this program's map.
     let flags = if unsafe { TRACKED.get(&event.header.pid) }.is_some() { wakeup_flag() } else { BPF_RB_FORCE_WAKEUP };
     output_bytes_with(EventKind::Payload, event_ptr as *const u8, size, flags);

@@ -397,11 +397,11 @@ fn hostname() -> String {
 }
 
 /// The daemon's periodic work, run when the event loop wakes to drain the
-/// ring buffer rather than on timers of its own. Six timers woke an idle
-/// daemon about ten times a second, at an estimated 80 µs each on the
-/// development VM (idle CPU over wakeups). Only waiting work (lines to
-/// flush, matches to decide) wakes the loop itself, a drain interval after
-/// it is due, so on a busy host the drain gets there first.
+/// ring buffer rather than on timers of its own. By their periods, six
+/// timers woke an idle daemon about ten times a second, at an estimated
+/// 80 µs each on the development VM (idle CPU over wakeups). Only waiting
+/// work (lines to flush, matches to decide) wakes the loop itself, a drain
+/// interval after it is due, so on a busy host the drain gets there first.
 struct Chores {
     /// How late a waiting chore may run: the busy drain interval.
     slack: Duration,

@@ -259,7 +259,7 @@ fn openai_python_tool_spawn() {
         "{spawn}"
     );
     assert!(spawn["agent"]["session_id"].is_string(), "{spawn}");
-    // One record per exec: the tool spawn stands in for `process.exec`.
+    // One record per exec: the tool spawn replaces `process.exec`.
     let of_exec: Vec<_> = sensor
         .records()
         .into_iter()

@@ -169,11 +169,10 @@ impl Pipeline {
         })
     }
 
-    /// Agent work after an exec: known agent programs, tool spawns, and
-    /// executables that carry their own TLS stack.
-    /// Records the tool spawn when `tool_root` names the agent whose tree
-    /// the process is in; `trace_context` is the exec record's
-    /// `TRACEPARENT=...` entry.
+    /// Does the agent work after an exec: known agent programs, tool spawns,
+    /// and executables that carry their own TLS stack. `tool_root` names the
+    /// agent whose tree the process is in, and `trace_context` is the exec
+    /// record's `TRACEPARENT=...` entry.
     pub(super) fn after_exec(
         &mut self,
         key: ProcKey,
@@ -185,7 +184,10 @@ impl Pipeline {
         if let Some(root) = tool_root {
             let changes = self.agents.activity(root, time_ns, |session| session.tool_spawns += 1);
             self.record_changes(root, changes, time_ns, None)?;
-            let trace_context = self.reconcile.as_ref().and_then(|_| crate::reconcile::trace_context(trace_context));
+            let trace_context = match self.reconcile {
+                Some(_) => crate::reconcile::trace_context(trace_context),
+                None => None,
+            };
             self.emit(key, "tool.spawn", time_ns, None, |record| {
                 if let Some(trace_context) = trace_context {
                     record.sections.insert("trace_context".into(), trace_context);

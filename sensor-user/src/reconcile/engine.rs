@@ -63,9 +63,9 @@ pub struct Stats {
     pub pending_dropped: u64,
 }
 
-/// A JSON value kept as its text. A pending action waits out the grace
-/// window, so a busy agent has thousands; as trees of maps their process,
-/// workload and agent sections took several times the memory of the text.
+/// A JSON value kept as its text. A busy agent has thousands of pending
+/// actions, because each waits out the grace window. As trees of maps their
+/// process, workload and agent sections took several times the memory.
 #[derive(Debug, Clone)]
 struct Packed(Box<str>);
 
@@ -310,7 +310,9 @@ impl Reconciler {
         let process = record.remove("process");
 
         let pid = process.as_ref().and_then(|p| p.get("pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok());
-        let spawn_agent = (kind == "tool.spawn").then(|| agent.clone());
+        // Packed before the section moves into the agent's state, so a
+        // spawn's action needs no copy of it.
+        let spawn_agent = (kind == "tool.spawn").then(|| Packed::new(&agent));
         let state = self.agents.entry(agent_id.clone()).or_default();
         // The live daemon gives only the ids of most records' agents
         // (`live::engine_view`); those must not replace the whole section
@@ -371,7 +373,7 @@ impl Reconciler {
         &mut self,
         agent_id: &Arc<str>,
         mut record: Map<String, Value>,
-        agent: Value,
+        agent: Packed,
         process: Value,
         session: &str,
         time_ns: u64,
@@ -412,7 +414,7 @@ impl Reconciler {
         state.actions.push(Action {
             seq,
             session_id: session.to_owned(),
-            agent: Packed::new(&agent),
+            agent,
             process: Packed::new(&process),
             workload: record.remove("workload").as_ref().map(Packed::new),
             record_id,

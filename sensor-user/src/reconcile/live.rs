@@ -45,7 +45,7 @@ impl Live {
 
 /// Builds the `trace_context` section of a tool spawn from the
 /// `TRACEPARENT=...` (or `traceparent=...`) environment entry the kernel
-/// copied at exec; `None` when the entry is missing or malformed.
+/// copied at exec. Returns `None` when the entry is missing or malformed.
 pub fn trace_context(entry: &[u8]) -> Option<Value> {
     let value = entry.strip_prefix(b"TRACEPARENT=").or_else(|| entry.strip_prefix(b"traceparent="))?;
     let text = std::str::from_utf8(value).ok()?;
@@ -108,9 +108,8 @@ fn engine_view(record: &Record<'_>) -> serde_json::Result<serde_json::Value> {
     view.insert("id".into(), serde_json::to_value(&record.head.id)?);
     view.insert("time_unix_nano".into(), record.head.time_unix_nano.into());
     // Only these two kinds keep their process, workload and agent for a
-    // report. Of the others, which are most of an agent tree's records,
-    // the engine reads just the ids; converting them whole was a tenth of
-    // the daemon's time under an agent's load.
+    // report. Of the others the engine reads just the ids, and converting
+    // them whole took a tenth of the daemon's time under an agent's load.
     let whole = matches!(record.head.kind, "agent.detected" | "tool.spawn");
     if let Some(process) = &record.process {
         let value = if whole {

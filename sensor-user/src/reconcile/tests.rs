@@ -679,7 +679,7 @@ fn agent_sections(agent: &Agent) -> (Value, Value) {
 }
 
 #[test]
-fn ids_only_agent_never_replaces_the_whole_section() {
+fn ids_only_agent_keeps_whole_section() {
     let agent = Agent::new(100, "b-1");
     let (ids_only, whole) = agent_sections(&agent);
     let mut engine = Reconciler::new(config());
@@ -704,7 +704,7 @@ fn ids_only_agent_never_replaces_the_whole_section() {
 }
 
 #[test]
-fn session_seen_through_ids_only_gets_the_whole_section_later() {
+fn restarted_session_gets_whole_agent() {
     // After a restart the first record may be an ids-only session end.
     let agent = Agent::new(100, "b-2");
     let (ids_only, whole) = agent_sections(&agent);
