@@ -1,7 +1,7 @@
 //! The matching engine, shared by the daemon and `agent-sensor reconcile`.
 //!
-//! It reads evidence records (as JSON, so the live run and the offline
-//! command see the same input) and reports. Each report is tied to one
+//! It reads evidence records (as `Observation`s, which the live run and the
+//! offline command build alike) and reports. Each report is tied to one
 //! agent, and a tool call is matched only against that agent's observed
 //! actions, so two agents never see each other's telemetry. Decisions wait
 //! for a grace window measured with the caller's clock, which tests inject.
@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     command::{self, Agreement},
+    observation::{Observation, Observed, Packed, Spawn},
     report::{Operation, Report},
     ReconcileConfig,
 };
@@ -61,22 +62,6 @@ pub struct Stats {
     pub unreported_actions: u64,
     pub unobserved_claims: u64,
     pub pending_dropped: u64,
-}
-
-/// A JSON value kept as its text. A busy agent has thousands of pending
-/// actions, because each waits out the grace window. As trees of maps their
-/// process, workload and agent sections took several times the memory.
-#[derive(Debug, Clone)]
-struct Packed(Box<str>);
-
-impl Packed {
-    fn new(value: &Value) -> Packed {
-        Packed(value.to_string().into_boxed_str())
-    }
-
-    fn unpack(&self) -> Value {
-        serde_json::from_str(&self.0).unwrap_or(Value::Null)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +113,8 @@ struct AgentState {
     root_pid: Option<u32>,
     root_process: Option<Value>,
     root_workload: Option<Value>,
+    /// The last whole agent section, which spawns share.
+    agent_text: Option<Packed>,
     /// Sensor sessions by first activity, for placing reports in time.
     sessions: Vec<(u64, String)>,
     /// Pending actions in seq order, so a seq is found by binary search.
@@ -238,17 +225,6 @@ pub struct Reconciler {
     pub stats: Stats,
 }
 
-fn text(value: &Value, key: &str) -> Option<String> {
-    value.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn strings(value: Option<&Value>) -> Vec<String> {
-    value
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
 /// Parses `VERSION-TRACEID-SPANID-FLAGS` (W3C trace context).
 pub fn parse_traceparent(value: &str) -> Option<(String, String)> {
     let mut parts = value.trim().split('-');
@@ -293,78 +269,67 @@ impl Reconciler {
         self.next_seq
     }
 
-    /// Reads one evidence record. Records without an `agent` section, and
-    /// records the engine itself produced, are ignored. The record is taken
-    /// by value so that a spawn's parts move into its action uncopied.
+    /// Reads one evidence record as JSON. Records without an `agent`
+    /// section, and records the engine itself produced, are ignored.
     pub fn observe(&mut self, record: Value, now_ns: u64) {
-        let Value::Object(mut record) = record else { return };
-        let Some(kind) = record.get("kind").and_then(Value::as_str).map(str::to_owned) else { return };
-        let Some(agent) = record.remove("agent").filter(Value::is_object) else { return };
-        let Some(agent_id) = agent.get("agent_id").and_then(Value::as_str) else { return };
-        if kind.starts_with("finding.") || kind.starts_with("reconcile.") {
-            return;
+        if let Some(observation) = Observation::from_json(record, now_ns) {
+            self.observe_parsed(observation, now_ns);
         }
-        let agent_id: Arc<str> = Arc::from(agent_id);
-        let time_ns = record.get("time_unix_nano").and_then(Value::as_u64).unwrap_or(now_ns);
-        let session = text(&agent, "session_id").unwrap_or_default();
-        let process = record.remove("process");
+    }
 
-        let pid = process.as_ref().and_then(|p| p.get("pid")).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok());
-        // Packed before the section moves into the agent's state, so a
-        // spawn's action needs no copy of it.
-        let spawn_agent = (kind == "tool.spawn").then(|| Packed::new(&agent));
+    /// Reads one evidence record, taken by value so that a spawn's parts
+    /// move into its action uncopied.
+    pub fn observe_parsed(&mut self, observation: Observation, now_ns: u64) {
+        let Observation { kind, record_id, time_ns, agent_id, session_id: session, agent, whole_agent, pid, exec_id } = observation;
+        let agent_id: Arc<str> = Arc::from(agent_id);
         let state = self.agents.entry(agent_id.clone()).or_default();
-        // The live daemon gives only the ids of most records' agents
-        // (`live::engine_view`); those must not replace the whole section
-        // a report copies.
-        if agent.get("detected_by").is_some() {
-            // A session first seen through ids only (the daemon restarted
-            // mid-session) gets the whole section once one arrives.
-            for tally in state.tallies.values_mut().filter(|t| t.agent.get("detected_by").is_none()) {
-                tally.agent = agent.clone();
+        // The live daemon gives only the ids of most records' agents; those
+        // must not replace the whole section a report copies.
+        if whole_agent {
+            if state.agent_text.as_ref() != Some(&agent) {
+                let value = agent.unpack();
+                // A session first seen through ids only (the daemon
+                // restarted mid-session) gets the whole section now.
+                for tally in state.tallies.values_mut().filter(|t| t.agent.get("detected_by").is_none()) {
+                    tally.agent = value.clone();
+                }
+                state.agent = value;
+                state.agent_text = Some(agent.clone());
             }
-            state.agent = agent;
         } else if state.agent.is_null() {
-            state.agent = agent;
+            state.agent = agent.unpack();
         }
         if !session.is_empty() && state.sessions.last().is_none_or(|(_, s)| *s != session) {
             state.sessions.push((time_ns, session.clone()));
         }
 
         if let Some(pid) = pid {
-            let exited = (kind == "process.exit").then_some(time_ns);
+            let exited = matches!(kind, Observed::Exit).then_some(time_ns);
             self.by_pid.insert(pid, PidEntry { agent: agent_id.clone(), exited_ns: exited });
         }
-        match kind.as_str() {
-            "agent.detected" => {
+        match kind {
+            Observed::Detected { process, workload } => {
                 state.root_pid = pid;
                 state.root_process = process;
-                state.root_workload = record.remove("workload");
+                state.root_workload = workload;
             }
-            "tool.spawn" => {
-                if let (Some(process), Some(agent)) = (process, spawn_agent) {
-                    self.on_spawn(&agent_id, record, agent, process, &session, time_ns, now_ns);
-                }
+            Observed::Spawn(spawn) => {
+                // Actions of one agent share its section's text.
+                let agent = match &state.agent_text {
+                    Some(shared) if *shared == agent => shared.clone(),
+                    _ => agent,
+                };
+                self.on_spawn(&agent_id, *spawn, record_id, agent, pid.unwrap_or(0), exec_id.unwrap_or_default(), &session, time_ns, now_ns);
             }
-            "process.exit" => self.on_exit(&agent_id, process.as_ref(), pid, time_ns),
-            "agent.session_end" => {
-                if let Some(ended) = record.get("session").and_then(|s| text(s, "id"))
-                    && let Some(state) = self.agents.get_mut(&agent_id)
-                {
-                    let tally = state.tally(&ended);
-                    tally.ended.get_or_insert((time_ns, "session_end"));
-                }
+            Observed::Exit => self.on_exit(&agent_id, exec_id.is_some(), pid, time_ns),
+            Observed::SessionEnd { ended: Some(ended) } => {
+                let tally = state.tally(&ended);
+                tally.ended.get_or_insert((time_ns, "session_end"));
             }
-            "file.open" | "file.rename" => {
-                let file = record.get("file");
-                let written = file.and_then(|f| f.get("access")).and_then(Value::as_str).is_some_and(|a| a != "read");
-                if let Some(path) = file.and_then(|f| text(f, "new_path").or_else(|| text(f, "path")))
-                    && (written || kind == "file.rename")
-                {
-                    self.by_file.insert(path, agent_id.clone());
-                }
+            Observed::Wrote { path } => {
+                self.by_file.insert(path, agent_id.clone());
             }
-            _ => {}
+            Observed::SessionEnd { ended: None } | Observed::Other => {}
         }
     }
 
@@ -372,25 +337,23 @@ impl Reconciler {
     fn on_spawn(
         &mut self,
         agent_id: &Arc<str>,
-        mut record: Map<String, Value>,
+        spawn: Spawn,
+        record_id: String,
         agent: Packed,
-        process: Value,
+        pid: u32,
+        exec_id: String,
         session: &str,
         time_ns: u64,
         now_ns: u64,
     ) {
         let seq = self.seq();
         let Some(state) = self.agents.get_mut(agent_id) else { return };
-        let exec_id = text(&process, "exec_id").unwrap_or_default();
-        let argv = strings(process.get("argv"));
-        let pid = process.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let Spawn { argv, ancestors, process, workload, trace_context } = spawn;
 
         // A descendant of an action, or a re-exec of its process, belongs
         // to that action.
-        let mut ancestry = strings(process.get("ancestry"));
-        ancestry.extend(text(&process, "parent_exec_id"));
         let same_process = state.live_pids.get(&pid).copied();
-        let owner = same_process.or_else(|| ancestry.iter().find_map(|id| state.members.get(id).copied()));
+        let owner = same_process.or_else(|| ancestors.iter().find_map(|id| state.members.get(id).copied()));
         if let Some(owner) = owner {
             state.remember_member(exec_id.clone(), owner);
             if let Some(action) = state.action_mut(owner) {
@@ -399,24 +362,15 @@ impl Reconciler {
             return;
         }
 
-        let trace_context = record
-            .get("trace_context")
-            .and_then(|t| t.get("traceparent"))
-            .and_then(Value::as_str)
-            .and_then(parse_traceparent);
         state.remember_member(exec_id.clone(), seq);
         state.live_pids.insert(pid, seq);
         state.tally(session).observed += 1;
-        let record_id = match record.remove("id") {
-            Some(Value::String(id)) => id,
-            _ => String::new(),
-        };
         state.actions.push(Action {
             seq,
             session_id: session.to_owned(),
             agent,
-            process: Packed::new(&process),
-            workload: record.remove("workload").as_ref().map(Packed::new),
+            process,
+            workload,
             record_id,
             time_ns,
             exec_id,
@@ -429,15 +383,14 @@ impl Reconciler {
         self.stats.actions += 1;
     }
 
-    fn on_exit(&mut self, agent_id: &Arc<str>, process: Option<&Value>, pid: Option<u32>, time_ns: u64) {
+    fn on_exit(&mut self, agent_id: &Arc<str>, has_exec_id: bool, pid: Option<u32>, time_ns: u64) {
         let Some(state) = self.agents.get_mut(agent_id) else { return };
-        let exec_id = process.and_then(|p| text(p, "exec_id"));
         if let Some(seq) = pid.and_then(|pid| state.live_pids.remove(&pid)) {
             if let Some(action) = state.action_mut(seq) {
                 action.exited_ns = Some(time_ns);
             }
         }
-        let is_root = pid.is_some() && pid == state.root_pid && exec_id.is_some();
+        let is_root = pid.is_some() && pid == state.root_pid && has_exec_id;
         if is_root {
             state.root_exited_ns = Some(time_ns);
             let sessions: Vec<String> = state.sessions.iter().map(|(_, s)| s.clone()).collect();

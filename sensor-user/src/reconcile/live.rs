@@ -3,7 +3,10 @@
 
 use serde_json::{json, Value};
 
-use super::{Output, ReconcileConfig, Reconciler};
+use super::{
+    observation::{file_path, is_write, trace_context_of, Observation, Observed, Packed, Spawn},
+    Output, ReconcileConfig, Reconciler,
+};
 use crate::{
     evidence::{Clock, Record},
     pipeline::Pipeline,
@@ -11,7 +14,7 @@ use crate::{
 };
 
 /// Record kinds the engine reads; other records about agents are skipped
-/// before they are converted to JSON.
+/// before anything is copied out of them.
 const OBSERVED_KINDS: &[&str] = &["agent.detected", "tool.spawn", "process.exit", "agent.session_end", "file.open", "file.rename"];
 
 /// The engine with what the daemon needs around it.
@@ -36,8 +39,8 @@ impl Live {
         if read_only {
             return;
         }
-        match engine_view(record) {
-            Ok(value) => self.engine.observe(value, record.head.time_unix_nano),
+        match observation(record) {
+            Ok(observation) => self.engine.observe_parsed(observation, record.head.time_unix_nano),
             Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),
         }
     }
@@ -99,53 +102,70 @@ impl Pipeline {
     }
 }
 
-/// Returns the parts of a record the engine reads, as the JSON an evidence
-/// file holds. A tool spawn's policy checks are most of its size and the
-/// engine never reads them, so they are not converted.
-fn engine_view(record: &Record<'_>) -> serde_json::Result<serde_json::Value> {
-    let mut view = serde_json::Map::with_capacity(8);
-    view.insert("kind".into(), record.head.kind.into());
-    view.insert("id".into(), serde_json::to_value(&record.head.id)?);
-    view.insert("time_unix_nano".into(), record.head.time_unix_nano.into());
-    // Only these two kinds keep their process, workload and agent for a
-    // report. Of the others the engine reads just the ids, and converting
-    // them whole took a tenth of the daemon's time under an agent's load.
-    let whole = matches!(record.head.kind, "agent.detected" | "tool.spawn");
-    if let Some(process) = &record.process {
-        let value = if whole {
-            serde_json::to_value(process)?
-        } else {
-            serde_json::json!({ "pid": process.pid, "exec_id": process.exec_id })
-        };
-        view.insert("process".into(), value);
-    }
-    if let (true, Some(workload)) = (whole, &record.workload) {
-        view.insert("workload".into(), serde_json::to_value(workload)?);
-    }
-    if let Some(agent) = &record.agent {
-        let value = if whole {
-            serde_json::to_value(agent)?
-        } else {
-            serde_json::json!({ "agent_id": agent.agent_id, "session_id": agent.session_id })
-        };
-        view.insert("agent".into(), value);
-    }
-    for key in ENGINE_SECTIONS {
-        if let Some(section) = record.sections.get(*key) {
-            view.insert((*key).into(), section.clone());
-        }
-    }
-    Ok(serde_json::Value::Object(view))
+/// Reads a record the daemon wrote as `Observation::from_json` would read
+/// its line. Only agent detections and tool spawns carry their whole
+/// process, workload and agent; the engine needs just the ids of the rest.
+fn observation(record: &Record<'_>) -> serde_json::Result<Observation> {
+    let kind = record.head.kind;
+    let whole = matches!(kind, "agent.detected" | "tool.spawn");
+    let (agent_id, session_id, agent) = match &record.agent {
+        Some(agent) if whole => (agent.agent_id, agent.session_id, Packed::of(agent)?),
+        Some(agent) => (agent.agent_id, agent.session_id, Packed::of(&json!({ "agent_id": agent.agent_id, "session_id": agent.session_id }))?),
+        None => return Err(serde::ser::Error::custom("the record has no agent section")),
+    };
+    let process = record.process.as_ref();
+    let file = record.sections.get("file");
+    let observed = match kind {
+        "agent.detected" => Observed::Detected {
+            process: process.map(serde_json::to_value).transpose()?,
+            workload: record.workload.as_ref().map(serde_json::to_value).transpose()?,
+        },
+        "tool.spawn" => match process {
+            Some(process) => Observed::Spawn(Box::new(Spawn {
+                argv: process.argv.map(<[String]>::to_vec).unwrap_or_default(),
+                ancestors: process.ancestry.iter().map(|id| id.to_string()).chain(process.parent_exec_id.map(str::to_owned)).collect(),
+                process: Packed::of(process)?,
+                workload: record.workload.as_ref().map(Packed::of).transpose()?,
+                trace_context: trace_context_of(record.sections.get("trace_context")),
+            })),
+            None => Observed::Other,
+        },
+        "process.exit" => Observed::Exit,
+        "agent.session_end" => Observed::SessionEnd {
+            ended: record.sections.get("session").and_then(|s| s.get("id")).and_then(Value::as_str).map(str::to_owned),
+        },
+        "file.open" | "file.rename" => match file_path(file) {
+            Some(path) if is_write(kind, file) => Observed::Wrote { path },
+            _ => Observed::Other,
+        },
+        _ => Observed::Other,
+    };
+    Ok(Observation {
+        kind: observed,
+        record_id: record.head.id.clone(),
+        time_ns: record.head.time_unix_nano,
+        agent_id: agent_id.to_owned(),
+        session_id: session_id.to_owned(),
+        agent,
+        whole_agent: whole,
+        pid: process.map(|p| p.pid),
+        exec_id: process.map(|p| p.exec_id.to_owned()),
+    })
 }
-
-/// The sections `Reconciler::observe` reads besides the ones above.
-const ENGINE_SECTIONS: &[&str] = &["trace_context", "file", "session"];
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
-    use super::trace_context;
+    use super::{observation, trace_context};
+    use crate::{
+        agents::{AgentView, Detection},
+        config::ProcessConfig,
+        evidence::{Clock, Host, ProcessView, Record, Stamper},
+        process::{procfs::ProcEntry, ProcessTable},
+        reconcile::observation::{Observation, Observed, Packed},
+        redact::Redactor,
+    };
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -168,5 +188,59 @@ mod tests {
         let mut invalid_utf8 = b"TRACEPARENT=".to_vec();
         invalid_utf8.extend_from_slice(&[0xff; 55]);
         assert_eq!(trace_context(&invalid_utf8), None);
+    }
+
+    /// Rewrites every packed section with sorted keys: a section packed
+    /// from a typed view keeps its field order, one from a line does not.
+    fn sorted(mut observation: Observation) -> Observation {
+        observation.agent = Packed::new(&observation.agent.unpack());
+        if let Observed::Spawn(spawn) = &mut observation.kind {
+            spawn.process = Packed::new(&spawn.process.unpack());
+            spawn.workload = spawn.workload.as_ref().map(|w| Packed::new(&w.unpack()));
+        }
+        observation
+    }
+
+    /// The daemon reads a record as the offline command reads its line,
+    /// except that only detections and spawns pass their whole agent.
+    #[test]
+    fn record_reads_as_its_line() {
+        let config = ProcessConfig { procfs_path: "/nonexistent-procfs".into(), ..Default::default() };
+        let mut table = ProcessTable::new(config, "boot".to_owned(), Redactor::new(&[7; 32]));
+        let entry = |pid, ppid, argv: &[&str]| ProcEntry {
+            pid,
+            ppid,
+            start_ticks: 5,
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            comm: "x".into(),
+            ..Default::default()
+        };
+        let keys = table.seed(vec![entry(10, 1, &["python3", "agent.py"]), entry(11, 10, &["ls", "-la", "/srv"])]);
+        let clock = Clock::from_system();
+        let mut stamper = Stamper::new(Host { name: "h".into(), boot_id: "b".into() }, clock);
+        let detections = [Detection { signal: "sni", value: "api.openai.com".into(), provider: Some("openai".into()) }];
+        let agent = AgentView { agent_id: "boot:10:5:1", session_id: "b-1", registered: false, name: None, detected_by: &detections };
+        let cases = [
+            ("agent.detected", keys[0], json!({})),
+            ("tool.spawn", keys[1], json!({ "trace_context": { "traceparent": TRACEPARENT } })),
+            ("process.exit", keys[1], json!({})),
+            ("file.open", keys[1], json!({ "file": { "path": "/tmp/calls.jsonl", "access": "write" } })),
+            ("file.open", keys[1], json!({ "file": { "path": "/etc/hosts", "access": "read" } })),
+            ("file.rename", keys[1], json!({ "file": { "path": "/tmp/a", "new_path": "/tmp/b" } })),
+            ("agent.session_end", keys[0], json!({ "session": { "id": "b-1" } })),
+        ];
+        for (kind, key, sections) in cases {
+            let mut record = Record::new(stamper.head(kind, 1_000));
+            record.process = Some(ProcessView::new(&table, table.get(&key).unwrap(), None, &clock, key.start_ns));
+            record.agent = Some(agent.clone());
+            record.sections = sections.as_object().unwrap().clone();
+            let mut expected = Observation::from_json(serde_json::to_value(&record).unwrap(), 0).expect("an observation");
+            if !matches!(kind, "agent.detected" | "tool.spawn") {
+                expected.agent = Packed::new(&json!({ "agent_id": agent.agent_id, "session_id": agent.session_id }));
+                expected.whole_agent = false;
+            }
+            let read = observation(&record).unwrap();
+            assert_eq!(sorted(read), sorted(expected), "{kind} {sections}");
+        }
     }
 }

@@ -6,9 +6,11 @@
 //! files, MCP `tools/call` messages) and are normalised in `report.rs`.
 //! Observed actions are the evidence records the daemon writes about
 //! agents: `agent.detected`, `tool.spawn`, `process.exit`,
-//! `agent.session_end` and file writes. The engine (`engine.rs`) reads both
-//! as JSON, so the daemon and `agent-sensor reconcile` (`offline.rs`) run
-//! the same matching on the same data. `live.rs` connects it to the daemon.
+//! `agent.session_end` and file writes. The engine (`engine.rs`) reads each
+//! as an `Observation` (`observation.rs`): `agent-sensor reconcile`
+//! (`offline.rs`) reads it from an evidence line, the daemon from the
+//! record it wrote, and both give the same. `live.rs` connects the engine
+//! to the daemon.
 //!
 //! A report is tied to one agent. The pid owning the socket it came in on
 //! decides first, then its resource's `process.pid`. Without either, a
@@ -18,6 +20,7 @@
 pub mod command;
 pub mod engine;
 mod live;
+pub mod observation;
 pub mod offline;
 pub mod report;
 #[cfg(test)]
