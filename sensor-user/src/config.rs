@@ -66,8 +66,10 @@ pub struct ProbesConfig {
     /// saves a wakeup per event. At most half of `ring_buffer_bytes`.
     pub wakeup_bytes: u32,
     /// How often the daemon drains the ring buffer without a wakeup, in
-    /// milliseconds: the upper bound on a record's delay when the host is
-    /// quiet.
+    /// milliseconds. Each drain costs a wakeup whose cost does not shrink
+    /// with the batch, so a longer interval costs less CPU under load.
+    /// Records wait for the output flush (`output.flush_interval_ms`)
+    /// anyway.
     pub drain_interval_ms: u64,
     /// Maximum wait between reads of the ring buffer while reads find
     /// nothing. The wait doubles from `drain_interval_ms` up to this, so an
@@ -118,7 +120,7 @@ impl Default for ProbesConfig {
             wakeup_bytes: 256 << 10,
             // On the development VM, 50 ms instead of 20 cut the daemon's CPU
             // under an agent's load by a fifth (docs/benchmarks.md).
-            drain_interval_ms: 50,
+            drain_interval_ms: 100,
             drain_idle_interval_ms: 320,
             loss_check_interval_ms: 1000,
             disabled_hooks: Vec::new(),

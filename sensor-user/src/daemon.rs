@@ -490,7 +490,7 @@ impl Chores {
 
 /// When the daemon next reads the ring buffer without a wakeup. Every
 /// empty read doubles the wait, up to `probes.drain_idle_interval_ms`, so a
-/// quiet host costs a few wakeups a second instead of fifty. Any record
+/// quiet host costs a few wakeups a second instead of ten. Any record
 /// read brings the wait back to `probes.drain_interval_ms`. Records that
 /// must not wait (a connection's first bytes) wake the daemon from the
 /// kernel.
