@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .enabled
             .then(|| crate::reconcile::Live::new(config.reconcile.clone())),
         policy,
+        deferred_forks: Vec::new(),
     };
     let (mut ingest, ingest_problems) = match config.ingest.enabled {
         true => {
@@ -279,6 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Everything the kernel queued before the signal is still recorded.
     while pipeline.drain(ring.get_mut(), &mut probes, usize::MAX)? > 0 {}
+    pipeline.write_deferred_forks(u64::MAX)?;
     pipeline.report_losses(&probes)?;
     crate::export::report_losses(&mut pipeline)?;
     while let Some(Ok(reports)) = ingest.as_mut().map(|i| i.reports.try_recv()) {

@@ -267,6 +267,44 @@ fn openai_python_tool_spawn() {
         .filter(|r| r["kind"] == "process.exec" || r["kind"] == "tool.spawn")
         .collect();
     assert_eq!(of_exec.len(), 1, "{of_exec:#?}");
+    // The fork that started the tool is stated by the spawn. A fork record
+    // that was written would come before the spawn, so none is missed here.
+    let forks: Vec<_> = sensor
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "process.fork" && r["process"]["pid"] == spawn["process"]["pid"])
+        .collect();
+    assert!(forks.is_empty(), "{forks:#?}");
+}
+
+/// A child of an agent that runs no program keeps its `process.fork`,
+/// written while it still runs: only a fork its exec follows is held.
+#[test]
+fn agent_fork_without_exec() {
+    require_sensor!();
+    let server = LlmServer::start(&[]);
+    let sensor = Sensor::start("");
+    let run = run_openai_python(&server, "sk-test-python", "list the files", &["--fork-worker", "4"]);
+    let worker: u32 = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("worker_pid "))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client forked no worker: {run:?}"));
+
+    // The worker sleeps 4 s: its fork record must not wait for its exit.
+    let fork = sensor
+        .wait_for_within(Duration::from_secs(2), for_pid("process.fork", worker))
+        .unwrap_or_else(|| panic!("no process.fork of worker {worker} within 2 s; stderr:\n{}", sensor.stderr()));
+    assert_eq!(fork["process"]["origin"], "fork", "{fork}");
+    assert_eq!(fork["process"]["ppid"], run.pid, "{fork}");
+    assert!(fork["agent"]["agent_id"].is_string(), "{fork}");
+    let exited = sensor.records().into_iter().any(|r| is_kind_for_pid(&r, "process.exit", worker));
+    assert!(!exited, "the fork record waited for the worker's exit");
+
+    let exit = expect_of(&sensor, run.pid, "process.exit of the worker", for_pid("process.exit", worker));
+    assert_eq!(exit["exit"]["code"], 3, "{exit}");
+    assert!(fork["seq"].as_u64() < exit["seq"].as_u64(), "{fork}\n{exit}");
 }
 
 #[test]

@@ -75,7 +75,19 @@ pub struct Pipeline {
     pub reconcile: Option<crate::reconcile::Live>,
     /// The policy in force (stage 7).
     pub policy: crate::policy::engine::PolicyEngine,
+    /// Forks inside agent trees whose `process.fork` is held back, with
+    /// their times: a child that execs soon after is recorded once, by its
+    /// `tool.spawn`.
+    pub deferred_forks: Vec<(ProcKey, u64)>,
 }
+
+/// Forks held back at most; beyond it a fork is written at once.
+const DEFERRED_FORKS_MAX: usize = 256;
+
+/// How long a fork is held back for its exec, in nanoseconds. By estimate
+/// a tool's exec follows its fork within a few milliseconds, and a fork
+/// read at the end of a batch may see its exec only in the next one.
+const FORK_HOLD_NS: u64 = 50_000_000;
 
 impl Pipeline {
     /// Handles up to `limit` records; returns how many were read.
@@ -92,7 +104,32 @@ impl Pipeline {
                 }
             }
         }
+        if !self.deferred_forks.is_empty() {
+            self.write_deferred_forks(Clock::boot_now_ns().saturating_sub(FORK_HOLD_NS))?;
+        }
         Ok(count)
+    }
+
+    /// Writes the held-back `process.fork` records of forks before
+    /// `before_ns` (boot time); `u64::MAX` writes them all.
+    pub fn write_deferred_forks(&mut self, before_ns: u64) -> anyhow::Result<()> {
+        let mut index = 0;
+        while index < self.deferred_forks.len() {
+            let (key, time_ns) = self.deferred_forks[index];
+            if time_ns < before_ns {
+                self.deferred_forks.remove(index);
+                // Its exit would have written it first; a missing entry
+                // is a bug to log, not a reason to stop recording.
+                if self.table.get(&key).is_none() {
+                    log::warn!("a held-back fork of pid {} left the process table unrecorded", key.pid);
+                    continue;
+                }
+                self.emit(key, "process.fork", time_ns, None, |_| {})?;
+            } else {
+                index += 1;
+            }
+        }
+        Ok(())
     }
 
     fn handle(&mut self, event: KernelEvent<'_>, probes: &mut Probes) -> anyhow::Result<()> {
@@ -101,6 +138,14 @@ impl Pipeline {
             *slot += 1;
         }
         let key = self.table.key(header.pid, header.start_time_ns);
+        // A held-back fork is written before any other record about its
+        // process, unless that record is the exec that replaces it.
+        if let Some(index) = self.deferred_forks.iter().position(|(deferred, _)| *deferred == key) {
+            let (_, time_ns) = self.deferred_forks.remove(index);
+            if !matches!(event, KernelEvent::Exec(_)) {
+                self.emit(key, "process.fork", time_ns, None, |_| {})?;
+            }
+        }
         match event {
             KernelEvent::Exec(exec) => {
                 let key = self.table.on_exec(&exec);
@@ -125,7 +170,14 @@ impl Pipeline {
                 if header.flags & FORK_FLAG_TRACKED == 0 {
                     self.track_new_member(key);
                 }
-                self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
+                // An agent's tool is a fork and an exec a moment apart. The
+                // `tool.spawn` states all a fork record would (pid, parent,
+                // start time), so the fork waits to see if the exec follows.
+                if self.agents.tool_spawn_root(&key).is_some() && self.deferred_forks.len() < DEFERRED_FORKS_MAX {
+                    self.deferred_forks.push((key, header.time_ns));
+                } else {
+                    self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
+                }
             }
             KernelEvent::Exit(exit) => {
                 self.table.on_exit(key, header.time_ns);
