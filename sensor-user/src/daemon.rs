@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .then(|| crate::reconcile::Live::new(config.reconcile.clone())),
         policy,
         deferred_forks: Vec::new(),
+        views: Default::default(),
     };
     let (mut ingest, ingest_problems) = match config.ingest.enabled {
         true => {

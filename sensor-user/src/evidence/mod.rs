@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod explain;
 pub mod recovery;
 pub mod verify;
+pub mod view_cache;
 #[cfg(test)]
 mod tamper_tests;
 
@@ -127,7 +128,10 @@ fn serialize_process<S: serde::Serializer>(process: &Option<ProcessView<'_>>, s:
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(None)?;
     if let Some(process) = process {
-        map.serialize_entry("process", process)?;
+        match &process.json {
+            Some(json) => map.serialize_entry("process", &**json)?,
+            None => map.serialize_entry("process", process)?,
+        }
         if !process.redactions.is_empty() {
             map.serialize_entry("redactions", &process.redactions)?;
         }
@@ -295,6 +299,9 @@ pub struct ProcessView<'a> {
     /// written at the record's top level by `Record`.
     #[serde(skip)]
     pub redactions: Vec<RedactionView<'a>>,
+    /// This view already serialised, which the record writes instead.
+    #[serde(skip)]
+    pub json: Option<Arc<serde_json::value::RawValue>>,
 }
 
 fn serialize_unknown<S: serde::Serializer>(items: &[(&'static str, &str)], s: S) -> Result<S::Ok, S::Error> {
@@ -359,6 +366,7 @@ impl<'a> ProcessView<'a> {
             ancestry: table.ancestry(process.key),
             unknown,
             redactions,
+            json: None,
         }
     }
 }

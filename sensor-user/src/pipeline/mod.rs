@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::{
     agents::{AgentView, Agents},
-    evidence::{Clock, ExitView, ProcessView, Record, Stamper},
+    evidence::{view_cache::ViewCache, Clock, ExitView, ProcessView, Record, Stamper},
     llm::LlmStreams,
     net::{catalog::Catalog, dns::DnsCache, PendingConnect, PendingConnects},
     probes::{
@@ -79,6 +79,8 @@ pub struct Pipeline {
     /// their times: a child that execs soon after is recorded once, by its
     /// `tool.spawn`.
     pub deferred_forks: Vec<(ProcKey, u64)>,
+    /// Serialised process sections, reused while they stay true.
+    pub views: ViewCache,
 }
 
 /// Forks held back at most; beyond it a fork is written at once.
@@ -192,6 +194,7 @@ impl Pipeline {
                 let unfinished = self.llm.close_process(header.pid);
                 self.on_llm_events(key, unfinished, None)?;
                 self.uprobes.forget(header.pid);
+                self.views.forget(&key);
             }
             KernelEvent::Connect(connect) => self.on_connect(key, &connect, probes)?,
             KernelEvent::ConnectResult(result) => self.on_connect_result(key, &result)?,
@@ -213,10 +216,11 @@ impl Pipeline {
         fill: impl FnOnce(&mut Record<'_>),
     ) -> anyhow::Result<()> {
         self.table.lookup(key);
-        let Pipeline { table, stamper, sinks, agents, identity, reconcile, policy, .. } = self;
+        let Pipeline { table, stamper, sinks, agents, identity, reconcile, policy, views, .. } = self;
         let process = table.get(&key).context("process vanished from the table")?;
         let clock = stamper.clock;
-        let view = ProcessView::new(table, process, tid, &clock, table.start_ns(key));
+        let mut view = ProcessView::new(table, process, tid, &clock, table.start_ns(key));
+        views.attach(table, process, &mut view);
         let agent = agents.agent_of(&key);
         let mut record = Record::new(stamper.head(kind, time_ns));
         record.workload = identity
@@ -239,7 +243,9 @@ impl Pipeline {
         drop(record);
         let (finding_kind, sections) = policy::finding(&outcome, &cause);
         let mut finding = Record::new(stamper.head(finding_kind, time_ns));
-        finding.process = Some(ProcessView::new(table, process, tid, &clock, table.start_ns(key)));
+        let mut view = ProcessView::new(table, process, tid, &clock, table.start_ns(key));
+        views.attach(table, process, &mut view);
+        finding.process = Some(view);
         finding.workload = workload;
         finding.agent = agent.map(AgentView::from);
         finding.sections = sections;
@@ -285,6 +291,7 @@ impl Pipeline {
             identity.collect_garbage(now);
         }
         for key in self.table.collect_garbage(now) {
+            self.views.forget(&key);
             self.agents.forget(&key);
             self.policy.forget(&key);
             self.tls_scanned.remove(&key);

@@ -124,7 +124,10 @@ fn observation(record: &Record<'_>) -> serde_json::Result<Observation> {
             Some(process) => Observed::Spawn(Box::new(Spawn {
                 argv: process.argv.map(<[String]>::to_vec).unwrap_or_default(),
                 ancestors: process.ancestry.iter().map(|id| id.to_string()).chain(process.parent_exec_id.map(str::to_owned)).collect(),
-                process: Packed::of(process)?,
+                process: match &process.json {
+                    Some(json) => Packed::from_text(json.get()),
+                    None => Packed::of(process)?,
+                },
                 workload: record.workload.as_ref().map(Packed::of).transpose()?,
                 trace_context: trace_context_of(record.sections.get("trace_context")),
             })),

@@ -30,6 +30,11 @@ impl Packed {
         Ok(Packed(Arc::from(serde_json::to_string(section)?)))
     }
 
+    /// Keeps JSON text that is already serialised.
+    pub fn from_text(text: &str) -> Packed {
+        Packed(Arc::from(text))
+    }
+
     pub fn unpack(&self) -> Value {
         serde_json::from_str(&self.0).unwrap_or(Value::Null)
     }
