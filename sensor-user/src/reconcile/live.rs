@@ -1,6 +1,8 @@
 //! The engine inside the daemon: records about agents in, reports from the
 //! ingest stage in, findings and summaries out as evidence records.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use super::{
@@ -8,7 +10,9 @@ use super::{
     Output, ReconcileConfig, Reconciler,
 };
 use crate::{
+    agents::AgentView,
     evidence::{Clock, Record},
+    identity::WorkloadView,
     pipeline::Pipeline,
     reconcile::report::Report,
 };
@@ -20,11 +24,78 @@ const OBSERVED_KINDS: &[&str] = &["agent.detected", "tool.spawn", "process.exit"
 /// The engine with what the daemon needs around it.
 pub struct Live {
     pub engine: Reconciler,
+    /// The sections of the last spawn, reused for the next spawns while
+    /// they describe the same agent and workload.
+    last: LastSections,
+}
+
+#[derive(Default)]
+struct LastSections {
+    agent: Option<(AgentFacts, Packed)>,
+    workload: Option<(WorkloadView, Packed)>,
+}
+
+/// The facts an agent section is serialised from. Detections are only
+/// ever added to an agent, so a changed count shows a change.
+#[derive(PartialEq)]
+struct AgentFacts {
+    agent_id: String,
+    session_id: String,
+    registered: bool,
+    name: Option<String>,
+    detections: usize,
+}
+
+impl AgentFacts {
+    fn of(agent: &AgentView<'_>) -> AgentFacts {
+        AgentFacts {
+            agent_id: agent.agent_id.to_owned(),
+            session_id: agent.session_id.to_owned(),
+            registered: agent.registered,
+            name: agent.name.map(str::to_owned),
+            detections: agent.detected_by.len(),
+        }
+    }
+
+    fn describes(&self, agent: &AgentView<'_>) -> bool {
+        self.agent_id == agent.agent_id
+            && self.session_id == agent.session_id
+            && self.registered == agent.registered
+            && self.name.as_deref() == agent.name
+            && self.detections == agent.detected_by.len()
+    }
+}
+
+impl LastSections {
+    fn agent(&mut self, agent: &AgentView<'_>) -> serde_json::Result<Packed> {
+        if let Some((facts, packed)) = &self.agent
+            && facts.describes(agent)
+        {
+            return Ok(packed.clone());
+        }
+        let packed = Packed::of(agent)?;
+        self.agent = Some((AgentFacts::of(agent), packed.clone()));
+        Ok(packed)
+    }
+
+    /// Workloads are shared per cgroup, so the same one is the same
+    /// pointer. The user is the process's own.
+    fn workload(&mut self, workload: &WorkloadView) -> serde_json::Result<Packed> {
+        if let Some((last, packed)) = &self.workload
+            && Arc::ptr_eq(&last.workload, &workload.workload)
+            && last.user == workload.user
+        {
+            return Ok(packed.clone());
+        }
+        let packed = Packed::of(workload)?;
+        self.workload = Some((workload.clone(), packed.clone()));
+        Ok(packed)
+    }
 }
 
 impl Live {
     pub fn new(config: ReconcileConfig) -> Live {
-        Live { engine: Reconciler::new(config) }
+        Live { engine: Reconciler::new(config), last: LastSections::default() }
     }
 
     /// Feeds a record the daemon just wrote, when it is about an agent.
@@ -39,7 +110,7 @@ impl Live {
         if read_only {
             return;
         }
-        match observation(record) {
+        match observation(record, &mut self.last) {
             Ok(observation) => self.engine.observe_parsed(observation, record.head.time_unix_nano),
             Err(error) => log::warn!("reconcile: cannot read back record {}: {error}", record.head.id),
         }
@@ -105,11 +176,11 @@ impl Pipeline {
 /// Reads a record the daemon wrote as `Observation::from_json` would read
 /// its line. Only agent detections and tool spawns carry their whole
 /// process, workload and agent; the engine needs just the ids of the rest.
-fn observation(record: &Record<'_>) -> serde_json::Result<Observation> {
+fn observation(record: &Record<'_>, last: &mut LastSections) -> serde_json::Result<Observation> {
     let kind = record.head.kind;
     let whole = matches!(kind, "agent.detected" | "tool.spawn");
     let (agent_id, session_id, agent) = match &record.agent {
-        Some(agent) if whole => (agent.agent_id, agent.session_id, Packed::of(agent)?),
+        Some(agent) if whole => (agent.agent_id, agent.session_id, last.agent(agent)?),
         Some(agent) => (agent.agent_id, agent.session_id, Packed::of(&json!({ "agent_id": agent.agent_id, "session_id": agent.session_id }))?),
         None => return Err(serde::ser::Error::custom("the record has no agent section")),
     };
@@ -128,7 +199,7 @@ fn observation(record: &Record<'_>) -> serde_json::Result<Observation> {
                     Some(json) => Packed::from_text(json.get()),
                     None => Packed::of(process)?,
                 },
-                workload: record.workload.as_ref().map(Packed::of).transpose()?,
+                workload: record.workload.as_ref().map(|w| last.workload(w)).transpose()?,
                 trace_context: trace_context_of(record.sections.get("trace_context")),
             })),
             None => Observed::Other,
@@ -160,7 +231,7 @@ fn observation(record: &Record<'_>) -> serde_json::Result<Observation> {
 mod tests {
     use serde_json::json;
 
-    use super::{observation, trace_context};
+    use super::{observation, trace_context, LastSections};
     use crate::{
         agents::{AgentView, Detection},
         config::ProcessConfig,
@@ -223,6 +294,12 @@ mod tests {
         let mut stamper = Stamper::new(Host { name: "h".into(), boot_id: "b".into() }, clock);
         let detections = [Detection { signal: "sni", value: "api.openai.com".into(), provider: Some("openai".into()) }];
         let agent = AgentView { agent_id: "boot:10:5:1", session_id: "b-1", registered: false, name: None, detected_by: &detections };
+        let more = [detections[0].clone(), Detection { signal: "api_shape", value: "POST /v1/chat/completions".into(), provider: None }];
+        // The same agent with one more detection: its next spawn must not
+        // reuse the section packed before.
+        let grown = AgentView { detected_by: &more, ..agent.clone() };
+        let mut last = LastSections::default();
+
         let cases = [
             ("agent.detected", keys[0], json!({})),
             ("tool.spawn", keys[1], json!({ "trace_context": { "traceparent": TRACEPARENT } })),
@@ -231,8 +308,12 @@ mod tests {
             ("file.open", keys[1], json!({ "file": { "path": "/etc/hosts", "access": "read" } })),
             ("file.rename", keys[1], json!({ "file": { "path": "/tmp/a", "new_path": "/tmp/b" } })),
             ("agent.session_end", keys[0], json!({ "session": { "id": "b-1" } })),
+            ("tool.spawn", keys[1], json!({})),
         ];
-        for (kind, key, sections) in cases {
+
+        let count = cases.len();
+        for (index, (kind, key, sections)) in cases.into_iter().enumerate() {
+            let agent = if index + 1 == count { grown.clone() } else { agent.clone() };
             let mut record = Record::new(stamper.head(kind, 1_000));
             record.process = Some(ProcessView::new(&table, table.get(&key).unwrap(), None, &clock, key.start_ns));
             record.agent = Some(agent.clone());
@@ -242,7 +323,7 @@ mod tests {
                 expected.agent = Packed::new(&json!({ "agent_id": agent.agent_id, "session_id": agent.session_id }));
                 expected.whole_agent = false;
             }
-            let read = observation(&record).unwrap();
+            let read = observation(&record, &mut last).unwrap();
             assert_eq!(sorted(read), sorted(expected), "{kind} {sections}");
         }
     }
