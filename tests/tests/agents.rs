@@ -307,6 +307,35 @@ fn agent_fork_without_exec() {
     assert!(fork["seq"].as_u64() < exit["seq"].as_u64(), "{fork}\n{exit}");
 }
 
+/// A child of an agent that forks before its exec keeps its fork record:
+/// the grandchild's `parent_exec_id` names the child as it was then.
+#[test]
+fn agent_fork_before_exec() {
+    require_sensor!();
+    let server = LlmServer::start(&[]);
+    let sensor = Sensor::start("");
+    let run = run_openai_python(&server, "sk-test-python", "list the files", &["--fork-then-exec"]);
+    let child: u32 = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("child_pid "))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client forked no child: {run:?}"));
+
+    let spawn = expect_of(&sensor, run.pid, "tool.spawn of the child's sleep", for_pid("tool.spawn", child));
+    assert_eq!(argv(&spawn), ["sleep", "0.1"], "{spawn}");
+    let grandchild = expect_of(&sensor, run.pid, "process.fork of the grandchild", |r| {
+        r["kind"] == "process.fork" && r["process"]["ppid"] == child
+    });
+    let fork = sensor
+        .records()
+        .into_iter()
+        .find(|r| is_kind_for_pid(r, "process.fork", child))
+        .unwrap_or_else(|| panic!("no process.fork of the child {child}; the grandchild's: {grandchild}"));
+    assert_eq!(grandchild["process"]["parent_exec_id"], fork["process"]["exec_id"], "{grandchild}\n{fork}");
+    assert!(fork["seq"].as_u64() < grandchild["seq"].as_u64(), "{fork}\n{grandchild}");
+}
+
 #[test]
 fn node_fetch_sni_and_metadata() {
     require_sensor!();

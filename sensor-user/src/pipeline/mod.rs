@@ -134,6 +134,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Stops holding back the fork of `key`, if it is held, and writes its
+    /// record when `write` is set.
+    fn release_fork(&mut self, key: ProcKey, write: bool) -> anyhow::Result<()> {
+        let Some(index) = self.deferred_forks.iter().position(|(deferred, _)| *deferred == key) else { return Ok(()) };
+        let (_, time_ns) = self.deferred_forks.remove(index);
+        if write {
+            self.emit(key, "process.fork", time_ns, None, |_| {})?;
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, event: KernelEvent<'_>, probes: &mut Probes) -> anyhow::Result<()> {
         let header = *event.header();
         if let Some(slot) = self.received.get_mut(header.kind as usize) {
@@ -142,11 +153,8 @@ impl Pipeline {
         let key = self.table.key(header.pid, header.start_time_ns);
         // A held-back fork is written before any other record about its
         // process, unless that record is the exec that replaces it.
-        if let Some(index) = self.deferred_forks.iter().position(|(deferred, _)| *deferred == key) {
-            let (_, time_ns) = self.deferred_forks.remove(index);
-            if !matches!(event, KernelEvent::Exec(_)) {
-                self.emit(key, "process.fork", time_ns, None, |_| {})?;
-            }
+        if !self.deferred_forks.is_empty() {
+            self.release_fork(key, !matches!(event, KernelEvent::Exec(_)))?;
         }
         match event {
             KernelEvent::Exec(exec) => {
@@ -166,6 +174,11 @@ impl Pipeline {
             }
             KernelEvent::Fork(fork) => {
                 let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);
+                // The child's records name the parent's exec id from before
+                // any exec, which only the parent's fork record states.
+                if !self.deferred_forks.is_empty() {
+                    self.release_fork(parent, true)?;
+                }
                 let pid_ns = (fork.ns_pid != 0).then_some((fork.ns_pid, fork.pid_ns_inum));
                 self.table.on_fork(key, parent, header.start_time_ns, fork.cgroup_id, pid_ns);
                 self.agents.on_fork(key, parent);
