@@ -336,6 +336,31 @@ fn agent_fork_before_exec() {
     assert!(fork["seq"].as_u64() < grandchild["seq"].as_u64(), "{fork}\n{grandchild}");
 }
 
+/// A fork held back while its parent execs is written before that exec,
+/// so its `parent` section shows the parent it forked from.
+#[test]
+fn agent_fork_then_parent_exec() {
+    require_sensor!();
+    let server = LlmServer::start(&[]);
+    let sensor = Sensor::start("");
+    let run = run_openai_python(&server, "sk-test-python", "list the files", &["--fork-then-reexec"]);
+    let child: u32 = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("child_pid "))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client forked no child: {run:?}"));
+
+    let spawn = expect_of(&sensor, run.pid, "tool.spawn of the child's sleep", for_pid("tool.spawn", child));
+    let grandchild = expect_of(&sensor, run.pid, "process.fork of the grandchild", |r| {
+        r["kind"] == "process.fork" && r["process"]["ppid"] == child
+    });
+    let process = &grandchild["process"];
+    assert_eq!(process["parent"]["exec_id"], process["parent_exec_id"], "{grandchild}");
+    assert_ne!(process["parent_exec_id"], spawn["process"]["exec_id"], "{grandchild}\n{spawn}");
+    assert!(grandchild["seq"].as_u64() < spawn["seq"].as_u64(), "{grandchild}\n{spawn}");
+}
+
 #[test]
 fn node_fetch_sni_and_metadata() {
     require_sensor!();

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use sensor_common::{TrackedProcess, EVENT_KIND_COUNT, EXIT_FLAG_LEADER_ONLY, FORK_FLAG_TRACKED};
+use sensor_common::{TrackedProcess, EVENT_KIND_COUNT, EXIT_FLAG_LEADER_ONLY, FORK_FLAG_THREAD, FORK_FLAG_TRACKED};
 use serde_json::json;
 
 use crate::{
@@ -106,7 +106,9 @@ impl Pipeline {
                 }
             }
         }
-        if !self.deferred_forks.is_empty() {
+        // A read cut short by `limit` leaves events unread, the held forks'
+        // execs perhaps among them: they wait for the next read.
+        if !self.deferred_forks.is_empty() && count < limit {
             self.write_deferred_forks(Clock::boot_now_ns().saturating_sub(FORK_HOLD_NS))?;
         }
         Ok(count)
@@ -145,6 +147,20 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Writes the held-back forks of the children of `parent`.
+    fn release_children_of(&mut self, parent: ProcKey) -> anyhow::Result<()> {
+        let children: Vec<ProcKey> = self
+            .deferred_forks
+            .iter()
+            .map(|(child, _)| *child)
+            .filter(|child| self.table.get(child).is_some_and(|process| process.parent == Some(parent)))
+            .collect();
+        for child in children {
+            self.release_fork(child, true)?;
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, event: KernelEvent<'_>, probes: &mut Probes) -> anyhow::Result<()> {
         let header = *event.header();
         if let Some(slot) = self.received.get_mut(header.kind as usize) {
@@ -158,6 +174,12 @@ impl Pipeline {
         }
         match event {
             KernelEvent::Exec(exec) => {
+                // A held fork shows its parent as the table has it when the
+                // record is written, so the children's forks go before the
+                // exec that replaces the parent.
+                if !self.deferred_forks.is_empty() {
+                    self.release_children_of(key)?;
+                }
                 let key = self.table.on_exec(&exec);
                 self.tls_scanned.remove(&key);
                 if self.uprobes.note_executable(key.pid, exec.exe_dev, exec.exe_inode) {
@@ -188,7 +210,8 @@ impl Pipeline {
                 // An agent's tool is a fork and an exec a moment apart. The
                 // `tool.spawn` states all a fork record would (pid, parent,
                 // start time), so the fork waits to see if the exec follows.
-                if self.agents.tool_spawn_root(&key).is_some() && self.deferred_forks.len() < DEFERRED_FORKS_MAX {
+                let thread = header.flags & FORK_FLAG_THREAD != 0;
+                if !thread && self.agents.tool_spawn_root(&key).is_some() && self.deferred_forks.len() < DEFERRED_FORKS_MAX {
                     self.deferred_forks.push((key, header.time_ns));
                 } else {
                     self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
