@@ -96,6 +96,15 @@ fn run_openai_python(server: &LlmServer, api_key: &str, prompt: &str, args: &[&s
     run_client(&mut command, CLIENT_TIMEOUT)
 }
 
+/// Returns the pid the client printed after `label` (`worker_pid 123`).
+fn printed_pid(run: &ClientRun, label: &str) -> u32 {
+    run.stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(label)?.strip_prefix(' '))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the client printed no {label}: {run:?}"))
+}
+
 /// Runs `fixtures/fetch_client.mjs` with Node.js, trusting the test CA.
 fn run_node_fetch(
     server: &LlmServer,
@@ -285,12 +294,7 @@ fn agent_fork_without_exec() {
     let server = LlmServer::start(&[]);
     let sensor = Sensor::start("");
     let run = run_openai_python(&server, "sk-test-python", "list the files", &["--fork-worker", "4"]);
-    let worker: u32 = run
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("worker_pid "))
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("the client forked no worker: {run:?}"));
+    let worker = printed_pid(&run, "worker_pid");
 
     // The worker sleeps 4 s: its fork record must not wait for its exit.
     let fork = sensor
@@ -315,12 +319,7 @@ fn agent_fork_before_exec() {
     let server = LlmServer::start(&[]);
     let sensor = Sensor::start("");
     let run = run_openai_python(&server, "sk-test-python", "list the files", &["--fork-then-exec"]);
-    let child: u32 = run
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("child_pid "))
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("the client forked no child: {run:?}"));
+    let child = printed_pid(&run, "child_pid");
 
     let spawn = expect_of(&sensor, run.pid, "tool.spawn of the child's sleep", for_pid("tool.spawn", child));
     assert_eq!(argv(&spawn), ["sleep", "0.1"], "{spawn}");
@@ -344,12 +343,7 @@ fn agent_fork_then_parent_exec() {
     let server = LlmServer::start(&[]);
     let sensor = Sensor::start("");
     let run = run_openai_python(&server, "sk-test-python", "list the files", &["--fork-then-reexec"]);
-    let child: u32 = run
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("child_pid "))
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("the client forked no child: {run:?}"));
+    let child = printed_pid(&run, "child_pid");
 
     let spawn = expect_of(&sensor, run.pid, "tool.spawn of the child's sleep", for_pid("tool.spawn", child));
     let grandchild = expect_of(&sensor, run.pid, "process.fork of the grandchild", |r| {
