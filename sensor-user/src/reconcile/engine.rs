@@ -285,8 +285,8 @@ impl Reconciler {
         let state = self.agents.entry(agent_id.clone()).or_default();
         // The live daemon gives only the ids of most records' agents; those
         // must not replace the whole section a report copies.
-        if whole_agent {
-            if state.agent_text.as_ref() != Some(&agent) {
+        if let (true, Some(agent)) = (whole_agent, &agent) {
+            if state.agent_text.as_ref() != Some(agent) {
                 let value = agent.unpack();
                 // A session first seen through ids only (the daemon
                 // restarted mid-session) gets the whole section now.
@@ -297,7 +297,10 @@ impl Reconciler {
                 state.agent_text = Some(agent.clone());
             }
         } else if state.agent.is_null() {
-            state.agent = agent.unpack();
+            state.agent = match &agent {
+                Some(agent) => agent.unpack(),
+                None => json!({ "agent_id": &*agent_id, "session_id": session }),
+            };
         }
         if !session.is_empty() && state.sessions.last().is_none_or(|(_, s)| *s != session) {
             state.sessions.push((time_ns, session.clone()));
@@ -315,9 +318,10 @@ impl Reconciler {
             }
             Observed::Spawn(spawn) => {
                 // Actions of one agent share its section's text.
-                let agent = match &state.agent_text {
-                    Some(shared) if *shared == agent => shared.clone(),
-                    _ => agent,
+                let agent = match (&state.agent_text, agent) {
+                    (Some(shared), Some(agent)) if *shared == agent => shared.clone(),
+                    (_, Some(agent)) => agent,
+                    (_, None) => Packed::new(&state.agent),
                 };
                 self.on_spawn(&agent_id, *spawn, record_id, agent, pid.unwrap_or(0), exec_id.unwrap_or_default(), &session, time_ns, now_ns);
             }

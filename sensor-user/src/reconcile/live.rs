@@ -180,8 +180,8 @@ fn observation(record: &Record<'_>, last: &mut LastSections) -> serde_json::Resu
     let kind = record.head.kind;
     let whole = matches!(kind, "agent.detected" | "tool.spawn");
     let (agent_id, session_id, agent) = match &record.agent {
-        Some(agent) if whole => (agent.agent_id, agent.session_id, last.agent(agent)?),
-        Some(agent) => (agent.agent_id, agent.session_id, Packed::of(&json!({ "agent_id": agent.agent_id, "session_id": agent.session_id }))?),
+        Some(agent) if whole => (agent.agent_id, agent.session_id, Some(last.agent(agent)?)),
+        Some(agent) => (agent.agent_id, agent.session_id, None),
         None => return Err(serde::ser::Error::custom("the record has no agent section")),
     };
     let process = record.process.as_ref();
@@ -267,7 +267,7 @@ mod tests {
     /// Rewrites every packed section with sorted keys: a section packed
     /// from a typed view keeps its field order, one from a line does not.
     fn sorted(mut observation: Observation) -> Observation {
-        observation.agent = Packed::new(&observation.agent.unpack());
+        observation.agent = observation.agent.map(|agent| Packed::new(&agent.unpack()));
         if let Observed::Spawn(spawn) = &mut observation.kind {
             spawn.process = Packed::new(&spawn.process.unpack());
             spawn.workload = spawn.workload.as_ref().map(|w| Packed::new(&w.unpack()));
@@ -320,7 +320,7 @@ mod tests {
             record.sections = sections.as_object().unwrap().clone();
             let mut expected = Observation::from_json(serde_json::to_value(&record).unwrap(), 0).expect("an observation");
             if !matches!(kind, "agent.detected" | "tool.spawn") {
-                expected.agent = Packed::new(&json!({ "agent_id": agent.agent_id, "session_id": agent.session_id }));
+                expected.agent = None;
                 expected.whole_agent = false;
             }
             let read = observation(&record, &mut last).unwrap();

@@ -48,8 +48,9 @@ pub struct Observation {
     pub time_ns: u64,
     pub agent_id: String,
     pub session_id: String,
-    /// The record's agent section.
-    pub agent: Packed,
+    /// The record's agent section. The daemon leaves it out of records
+    /// whose agent the engine needs only by its ids.
+    pub agent: Option<Packed>,
     /// The section is whole (it has `detected_by`), not just the ids the
     /// daemon passes for most records.
     pub whole_agent: bool,
@@ -114,7 +115,7 @@ pub fn file_path(file: Option<&Value>) -> Option<String> {
 impl Observation {
     /// Reads an evidence record as it is stored in an evidence file. Returns
     /// `None` for records without an agent section and for the engine's
-    /// own findings and summaries. `now_ns` stands in for a missing time.
+    /// own findings and summaries. `now_ns` is used when the record has no time.
     pub fn from_json(record: Value, now_ns: u64) -> Option<Observation> {
         let Value::Object(mut record) = record else { return None };
         let kind = record.get("kind").and_then(Value::as_str)?.to_owned();
@@ -158,7 +159,7 @@ impl Observation {
             agent_id,
             session_id: text(&agent, "session_id").unwrap_or_default(),
             whole_agent: agent.get("detected_by").is_some(),
-            agent: Packed::new(&agent),
+            agent: Some(Packed::new(&agent)),
             pid,
             exec_id,
         })
