@@ -138,9 +138,11 @@ impl HttpsServer {
     fn start(dir: &Path) -> Result<HttpsServer> {
         let mut command = Command::new("python3");
         command.arg(https_loop_script()).arg("serve").arg(dir);
-        // The server gets a private copy of libssl, a file the sensor does
-        // not hook, because a provider's server is on another host and its
-        // TLS calls are not part of the client's cost.
+        // The server gets a private copy of libssl that the sensor does not
+        // hook, because a provider's server is on another host and its TLS
+        // calls are not part of the client's cost. The sensor hooks every
+        // mapped file named `libssl*`, so the copy has another name and
+        // `libssl.so.3` is a symlink to it: /proc/PID/maps shows the target.
         let system_libssl = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"]
             .iter()
             .map(|dir| Path::new(dir).join("libssl.so.3"))
@@ -149,7 +151,11 @@ impl HttpsServer {
             Some(path) => {
                 let private = dir.join("server-lib");
                 std::fs::create_dir_all(&private)?;
-                std::fs::copy(&path, private.join("libssl.so.3")).context("copying libssl for the server")?;
+                let copy = private.join("server-tls.so");
+                std::fs::copy(&path, &copy).context("copying libssl for the server")?;
+                let link = private.join("libssl.so.3");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink("server-tls.so", &link).context("linking the server's libssl")?;
                 command.env("LD_LIBRARY_PATH", &private);
             }
             None => eprintln!("libssl.so.3 not found: the HTTPS loop server's TLS calls are hooked too"),
@@ -233,6 +239,9 @@ pub fn run(binary: &Path, rounds: usize, execs: usize, connects: usize, requests
         let https_on = https.loop_requests(requests)?;
         let (cpu_end, hwm) = sensor.usage();
         sensor.stop()?;
+        if std::fs::read_to_string(&evidence).is_ok_and(|text| text.contains("server-tls.so")) {
+            bail!("the sensor hooked the HTTPS loop server's libssl, so its TLS calls were counted as the client's cost");
+        }
         eprintln!(
             "round {}: exec {:.3}s off, {:.3}s on; connect {:.3}s off, {:.3}s on; https {:.3}s off, {:.3}s on; sensor cpu {:.3}s; peak rss {} KiB",
             round + 1,
