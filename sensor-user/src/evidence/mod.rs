@@ -118,6 +118,10 @@ pub struct Record<'a> {
     pub exit: Option<ExitView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sensor: Option<serde_json::Value>,
+    /// The `llm` section of `llm.request` and `llm.response`, written from
+    /// the parsed call itself: an agent can make hundreds of calls a second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<crate::llm::LlmEvent>,
     /// Sections of low-rate records (`tls`, `dns`, `llm`, `file`, `http`,
     /// `finding`), built as JSON by their stages.
     #[serde(flatten)]
@@ -170,6 +174,7 @@ impl<'a> Record<'a> {
             network: None,
             exit: None,
             sensor: None,
+            llm: None,
             sections: serde_json::Map::new(),
         }
     }

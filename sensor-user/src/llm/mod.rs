@@ -258,6 +258,17 @@ impl LlmEvent {
     }
 }
 
+/// Written as the request or response alone: the record's kind already
+/// says which.
+impl Serialize for LlmEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LlmEvent::Request(request) => request.serialize(s),
+            LlmEvent::Response(response) => response.serialize(s),
+        }
+    }
+}
+
 /// An LLM API request, serialised as the record's `llm` section. Unknown
 /// fields are None and left out.
 #[derive(Clone, Debug, PartialEq, Serialize)]

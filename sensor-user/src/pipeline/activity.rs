@@ -292,9 +292,9 @@ impl Pipeline {
     pub(super) fn on_llm_events(&mut self, key: ProcKey, events: Vec<LlmEvent>, connection: Option<(u32, u64)>) -> anyhow::Result<()> {
         for event in events {
             let connection = connection.and_then(|c| self.connections.get(&c)).cloned();
-            let (kind, time_ns, section, api, provider) = match &event {
-                LlmEvent::Request(request) => ("llm.request", request.time_ns, json!(request), request.api, request.provider),
-                LlmEvent::Response(response) => ("llm.response", response.time_ns, json!(response), response.api, None),
+            let (kind, time_ns, api, provider) = match &event {
+                LlmEvent::Request(request) => ("llm.request", request.time_ns, request.api, request.provider),
+                LlmEvent::Response(response) => ("llm.response", response.time_ns, response.api, None),
             };
             let provider = provider
                 .map(str::to_owned)
@@ -311,7 +311,7 @@ impl Pipeline {
                 }
             }
             self.emit(key, kind, time_ns, None, |record| {
-                record.sections.insert("llm".into(), section);
+                record.llm = Some(event);
                 if let Some(provider) = &provider {
                     record.sections.insert("provider".into(), json!({ "provider": provider }));
                 }

@@ -7,6 +7,7 @@ use super::Pipeline;
 use crate::{
     agents::Agent,
     evidence::{Clock, Record},
+    llm::LlmEvent,
     policy::{
         engine::PolicyEngine,
         references::{self, Subject},
@@ -47,14 +48,17 @@ pub fn evaluate(engine: &mut PolicyEngine, kind: &str, process: &Process, agent:
             Some(policy.check_egress(entry, destination.map(|d| d.address), destination.map(|d| d.port), host, network.protocol))
         }
         "llm.request" => {
-            let llm = record.sections.get("llm");
+            let request = match &record.llm {
+                Some(LlmEvent::Request(request)) => Some(request),
+                _ => None,
+            };
             let provider = record
                 .sections
                 .get("provider")
                 .and_then(|p| p.get("provider"))
-                .or_else(|| llm.and_then(|l| l.get("provider")))
-                .and_then(Value::as_str);
-            let model = llm.and_then(|l| l.get("model")).and_then(Value::as_str);
+                .and_then(Value::as_str)
+                .or_else(|| request.and_then(|r| r.provider));
+            let model = request.and_then(|r| r.model.as_deref());
             let policy = engine.policy()?;
             Some(policy.check_llm(entry, provider, model))
         }
