@@ -1699,7 +1699,9 @@ fn tls_exit(ctx: &RetProbeContext, direction: u32) {
         return;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    let ret: i64 = ctx.ret::<i64>();
+    // Every hooked function returns an `int`: read as 64 bits, -1 is
+    // 4294967295, which the non-`_ex` calls would take for a byte count.
+    let ret = i64::from(ctx.ret::<i32>());
     let len = if call.length_out != 0 {
         if ret != 1 {
             return;

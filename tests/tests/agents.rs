@@ -286,6 +286,58 @@ fn openai_python_tool_spawn() {
     assert!(forks.is_empty(), "{forks:#?}");
 }
 
+/// curl calls `SSL_write` and `SSL_read`, not their `_ex` forms. On
+/// Debian's libssl the probes of all four sit on the internal functions
+/// they share, so this checks that the non-`_ex` calls are caught there
+/// whole: the request once, and the response with its tool call.
+#[test]
+fn curl_plain_ssl_calls() {
+    require_sensor!();
+    let server = LlmServer::start(&[]);
+    let sensor = Sensor::start("");
+    let hooked = sensor
+        .wait_for(|r| {
+            r["kind"] == "sensor.tls_hooked"
+                && r["sensor"]["path"].as_str().is_some_and(|p| p.contains("/libssl.so"))
+        })
+        .unwrap_or_else(|| panic!("the system libssl was not hooked; stderr:\n{}", sensor.stderr()));
+    if cfg!(target_arch = "x86_64") {
+        // Debian's OpenSSL 3.0 has the forwarding `_ex` functions.
+        let moved: Vec<Value> = hooked["sensor"]["probed_at_callee"]
+            .as_array()
+            .map(|callees| callees.iter().map(|c| c["symbols"].clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            moved,
+            [json!(["SSL_read_ex", "SSL_read"]), json!(["SSL_write_ex", "SSL_write"])],
+            "{hooked}"
+        );
+    }
+    let body = openai_body("list the files");
+    let mut command = server.client("curl");
+    command
+        .args(["--http1.1", "--silent", "--show-error", "--fail", "--cacert"])
+        .arg(server.ca())
+        .args(["--header", "Authorization: Bearer sk-test-curl"])
+        .args(["--header", "Content-Type: application/json"])
+        .args(["--data", &body])
+        .arg("https://api.openai.com/v1/chat/completions");
+    let run = run_client(&mut command, CLIENT_TIMEOUT);
+    assert!(run.stdout.contains("run_shell"), "curl got no tool call: {run:?}");
+    let pid = run.pid;
+
+    let request = expect_of(&sensor, pid, "llm.request of curl", for_pid("llm.request", pid));
+    assert_eq!(request["llm"]["model"], OPENAI_MODEL, "{request}");
+    assert_eq!(request["llm"]["body_bytes"], body.len(), "{request}");
+    assert_eq!(request["llm"]["prompt_sha256"], sha256_hex(&body), "{request}");
+    assert_eq!(request["llm"]["truncated"], false, "{request}");
+    let response = expect_of(&sensor, pid, "llm.response of curl", for_pid("llm.response", pid));
+    assert_eq!(response["llm"]["tool_calls"][0]["name"], "run_shell", "{response}");
+    assert_eq!(response["llm"]["truncated"], false, "{response}");
+    let calls = sensor.records().into_iter().filter(|r| r["process"]["pid"] == pid && r["kind"] == "llm.request").count();
+    assert_eq!(calls, 1, "one request, caught once");
+}
+
 /// A child of an agent that runs no program keeps its `process.fork`,
 /// written while it still runs: only a fork its exec follows is held.
 #[test]

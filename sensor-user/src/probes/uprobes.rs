@@ -40,8 +40,20 @@ pub struct Hooked {
     pub path: String,
     pub inode: u64,
     pub symbols: Vec<&'static str>,
+    /// Entry points whose calls are caught at the function they forward to
+    /// (see [`Redirect`]), with that function's file offset.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probed_at_callee: Vec<CalleeProbe>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+}
+
+/// Exported functions whose calls are caught at the internal function they
+/// all call, and where that function is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CalleeProbe {
+    pub symbols: Vec<&'static str>,
+    pub file_offset: u64,
 }
 
 #[derive(Default)]
@@ -238,41 +250,151 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
         .collect();
     let mut symbols = Vec::new();
     let mut failures = Vec::new();
+    let redirects: Vec<Redirect> =
+        [("SSL_read_ex", "SSL_read"), ("SSL_write_ex", "SSL_write")].iter().filter_map(|&(ex, plain)| Redirect::find(&elf, &cache, ex, plain)).collect();
+    let mut attached_at: HashMap<(&str, u64), bool> = HashMap::new();
     for (program, symbol) in ATTACHMENTS {
         if !exported.contains(symbol) {
             continue;
         }
         // The offset comes from the ELF already read, so aya does not
         // re-read a large executable (Node.js is about 100 MB) per probe.
-        let Some(offset) = file_offset(&elf, symbol) else {
-            failures.push(format!("{program} at {symbol}: no file offset for the symbol"));
-            continue;
-        };
-        let Some(prog) = ebpf.program_mut(program) else { continue };
-        let result = <&mut UProbe>::try_from(prog)
-            .map_err(|e| error_chain(&e))
-            .and_then(|uprobe| uprobe.attach(offset, path, UProbeScope::AllProcesses).map_err(|e| error_chain(&e)));
-        match result {
-            Ok(_) => {
-                if !symbols.contains(symbol) {
-                    symbols.push(*symbol);
+        let (program, offset) = match redirects.iter().find(|r| r.symbols.contains(symbol)) {
+            // The callee takes the `_ex` arguments, the byte count's address
+            // included, whichever entry point called it.
+            Some(redirect) if *program == "ssl_call_enter" => ("ssl_call_ex_enter", redirect.callee_offset),
+            Some(redirect) => (*program, redirect.callee_offset),
+            None => match file_offset(&elf, symbol) {
+                Some(offset) => (*program, offset),
+                None => {
+                    failures.push(format!("{program} at {symbol}: no file offset for the symbol"));
+                    continue;
                 }
+            },
+        };
+        // SSL_read and SSL_read_ex share their callee's probes.
+        let attached = match attached_at.get(&(program, offset)) {
+            Some(&attached) => attached,
+            None => {
+                let Some(prog) = ebpf.program_mut(program) else { continue };
+                let result = <&mut UProbe>::try_from(prog)
+                    .map_err(|e| error_chain(&e))
+                    .and_then(|uprobe| uprobe.attach(offset, path, UProbeScope::AllProcesses).map_err(|e| error_chain(&e)));
+                if let Err(error) = &result {
+                    failures.push(format!("{program} at {symbol}: {error}"));
+                }
+                attached_at.insert((program, offset), result.is_ok());
+                result.is_ok()
             }
-            Err(error) => failures.push(format!("{program} at {symbol}: {error}")),
+        };
+        if attached && !symbols.contains(symbol) {
+            symbols.push(*symbol);
         }
     }
-    Some(Hooked { path: path.display().to_string(), inode: 0, symbols, failures })
+    let probed_at_callee = redirects
+        .iter()
+        .filter(|r| r.symbols.iter().any(|symbol| symbols.contains(symbol)))
+        .map(|r| CalleeProbe { symbols: r.symbols.clone(), file_offset: r.callee_offset })
+        .collect();
+    Some(Hooked { path: path.display().to_string(), inode: 0, symbols, probed_at_callee, failures })
 }
 
-/// Returns the file offset of a defined symbol: its address translated
-/// through the loadable segment that contains it.
+/// Probes moved from exported `SSL_*_ex` functions to the internal function
+/// they forward to, which saves one trap per call.
+///
+/// A uprobe on an instruction the kernel cannot emulate runs it by
+/// single-stepping, a second trap. Debian's `SSL_read_ex` and `SSL_write_ex`
+/// begin with `sub $8,%rsp`, which is single-stepped, then call an internal
+/// function with their four arguments untouched; that function begins with
+/// a `push`, which is emulated. Its return value is theirs, except that
+/// they turn a negative one into 0, and the probes treat both as failure.
+/// `SSL_read` and `SSL_write` call the same function with a local for the
+/// byte count, so when they do, their calls are caught there too and they
+/// get no probes of their own.
+///
+/// The move is made only when the bytes are exactly that shape; any other
+/// build keeps the probes on the exported symbols.
+struct Redirect {
+    symbols: Vec<&'static str>,
+    callee_offset: u64,
+}
+
+impl Redirect {
+    fn find<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, data: R, ex: &'static str, plain: &'static str) -> Option<Redirect> {
+        if elf.architecture() != object::Architecture::X86_64 {
+            return None;
+        }
+        let address = symbol_address(elf, ex)?;
+        let code = data.read_bytes_at(address_offset(elf, address)?, FORWARDER_LEN as u64).ok()?;
+        let callee = forwarder_callee(address, code)?;
+        let callee_offset = address_offset(elf, callee)?;
+        let head = data.read_bytes_at(callee_offset, 2).ok()?;
+        if !is_emulated_push(head) {
+            return None;
+        }
+        let mut symbols = vec![ex];
+        if let Some(plain_address) = symbol_address(elf, plain)
+            && let Some(plain_offset) = address_offset(elf, plain_address)
+            && let Ok(code) = data.read_bytes_at(plain_offset, CALL_SCAN_LEN as u64)
+            && calls(plain_address, code, callee)
+        {
+            symbols.push(plain);
+        }
+        Some(Redirect { symbols, callee_offset })
+    }
+}
+
+/// `sub $imm8,%rsp; call rel32; xor %edx,%edx; test %eax,%eax;
+/// cmovs %edx,%eax; add $imm8,%rsp`: the body of a function that passes
+/// its arguments on and clamps a negative result to 0.
+const FORWARDER_LEN: usize = 22;
+/// Bytes of `SSL_read` and `SSL_write` searched for their call of the callee.
+const CALL_SCAN_LEN: usize = 64;
+
+/// Returns the address a forwarder at `address` calls.
+fn forwarder_callee(address: u64, code: &[u8]) -> Option<u64> {
+    let [0x48, 0x83, 0xec, _, 0xe8, d0, d1, d2, d3, rest @ ..] = code else {
+        return None;
+    };
+    let [0x31, 0xd2, 0x85, 0xc0, 0x0f, 0x48, 0xc2, 0x48, 0x83, 0xc4, _, ..] = rest else {
+        return None;
+    };
+    let displacement = i32::from_le_bytes([*d0, *d1, *d2, *d3]);
+    Some(address.wrapping_add(9).wrapping_add_signed(i64::from(displacement)))
+}
+
+/// `push %reg` (0x50 to 0x57) and `push %r8`..`%r15` (0x41 prefix), the
+/// pushes x86 uprobes emulate instead of single-stepping.
+fn is_emulated_push(head: &[u8]) -> bool {
+    match head {
+        [0x50..=0x57, ..] => true,
+        [0x41, 0x50..=0x57] => true,
+        _ => false,
+    }
+}
+
+/// Returns whether `code`, found at `address`, holds a `call rel32` to
+/// `target`. A match by chance needs an 0xe8 byte followed by exactly that
+/// displacement; a miss only keeps the function's own probes.
+fn calls(address: u64, code: &[u8], target: u64) -> bool {
+    code.windows(5).enumerate().any(|(at, bytes)| {
+        let displacement = i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        bytes[0] == 0xe8 && address.wrapping_add(at as u64 + 5).wrapping_add_signed(i64::from(displacement)) == target
+    })
+}
+
+fn symbol_address<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, symbol: &str) -> Option<u64> {
+    Some(elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.is_definition() && s.name().ok() == Some(symbol))?.address())
+}
+
+/// Returns the file offset of a defined symbol.
 fn file_offset<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, symbol: &str) -> Option<u64> {
+    address_offset(elf, symbol_address(elf, symbol)?)
+}
+
+/// Translates a virtual address through the loadable segment holding it.
+fn address_offset<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, address: u64) -> Option<u64> {
     use object::ObjectSegment;
-    let address = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .find(|s| s.is_definition() && s.name().ok() == Some(symbol))?
-        .address();
     elf.segments().find_map(|segment| {
         let start = segment.address();
         let (file_start, file_size) = segment.file_range();
@@ -298,5 +420,38 @@ mod tests {
         assert!(may_hold_openssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
         assert!(may_hold_openssl("/usr/bin/node"));
         assert!(!may_hold_openssl("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+    }
+
+    /// The bytes of Debian's OpenSSL 3.0 `SSL_read_ex` at 0x354c0, which
+    /// calls 0x35290, and of the start of `SSL_read` at 0x35430.
+    const READ_EX: [u8; 22] = [
+        0x48, 0x83, 0xec, 0x08, 0xe8, 0xc7, 0xfd, 0xff, 0xff, 0x31, 0xd2, 0x85, 0xc0, 0x0f, 0x48, 0xc2, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+        0x90,
+    ];
+
+    #[test]
+    fn forwarders_and_their_callee() {
+        assert_eq!(forwarder_callee(0x354c0, &READ_EX), Some(0x35290));
+        // Anything else at the entry, or after the call, is not moved.
+        let mut other = READ_EX;
+        other[0] = 0x55;
+        assert_eq!(forwarder_callee(0x354c0, &other), None);
+        let mut other = READ_EX;
+        other[13] = 0x90;
+        assert_eq!(forwarder_callee(0x354c0, &other), None);
+        assert_eq!(forwarder_callee(0x354c0, &READ_EX[..12]), None);
+
+        assert!(is_emulated_push(&[0x41, 0x55]));
+        assert!(is_emulated_push(&[0x53, 0x48]));
+        assert!(!is_emulated_push(&[0x48, 0x83]));
+        assert!(!is_emulated_push(&[0xf3, 0x0f]), "endbr64 is single-stepped");
+        assert!(!is_emulated_push(&[0x41, 0x89]));
+
+        // `SSL_read`'s `call 0x35290` sits at 0x3544e.
+        let mut plain = [0x90u8; 64];
+        plain[0x1e..0x23].copy_from_slice(&[0xe8, 0x3d, 0xfe, 0xff, 0xff]);
+        assert!(calls(0x35430, &plain, 0x35290));
+        assert!(!calls(0x35430, &plain, 0x35291));
+        assert!(!calls(0x35430, &[0x90; 64], 0x35290));
     }
 }
