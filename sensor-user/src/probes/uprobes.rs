@@ -304,9 +304,9 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
 ///
 /// A uprobe on an instruction the kernel cannot emulate runs it by
 /// single-stepping, a second trap. Debian's `SSL_read_ex` and `SSL_write_ex`
-/// begin with `sub $8,%rsp`, which is single-stepped, then call an internal
-/// function with their four arguments untouched; that function begins with
-/// a `push`, which is emulated. Its return value is theirs, except that
+/// begin with `sub $8,%rsp`, which is single-stepped. They then call an
+/// internal function with their four arguments untouched, and that function
+/// begins with a `push`, which is emulated. Its return value is theirs, except that
 /// they turn a negative one into 0, and the probes treat both as failure.
 /// `SSL_read` and `SSL_write` call the same function with a local for the
 /// byte count, so when they do, their calls are caught there too and they
@@ -373,7 +373,7 @@ fn is_emulated_push(head: &[u8]) -> bool {
     }
 }
 
-/// Returns whether `code`, found at `address`, holds a `call rel32` to
+/// Returns whether `code`, found at `address`, contains a `call rel32` to
 /// `target`. A match by chance needs an 0xe8 byte followed by exactly that
 /// displacement; a miss only keeps the function's own probes.
 fn calls(address: u64, code: &[u8], target: u64) -> bool {
@@ -422,8 +422,8 @@ mod tests {
         assert!(!may_hold_openssl("/usr/lib/x86_64-linux-gnu/libc.so.6"));
     }
 
-    /// The bytes of Debian's OpenSSL 3.0 `SSL_read_ex` at 0x354c0, which
-    /// calls 0x35290, and of the start of `SSL_read` at 0x35430.
+    /// Debian's OpenSSL 3.0 `SSL_read_ex` at 0x354c0, which calls 0x35290,
+    /// and one byte of padding.
     const READ_EX: [u8; 22] = [
         0x48, 0x83, 0xec, 0x08, 0xe8, 0xc7, 0xfd, 0xff, 0xff, 0x31, 0xd2, 0x85, 0xc0, 0x0f, 0x48, 0xc2, 0x48, 0x83, 0xc4, 0x08, 0xc3,
         0x90,
