@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -21,6 +20,7 @@ use super::{
     request,
     response::ResponseFields,
     sse::{LineSplitter, SseParser},
+    tree::Json,
     wipe,
 };
 
@@ -384,14 +384,14 @@ impl ExchangeSink<'_> {
 fn read_json_prefix(buffer: &[u8], fields: &mut ResponseFields) {
     match buffer.trim_ascii_start().first() {
         Some(b'{') => {
-            let mut members = Map::new();
+            let mut members = Vec::new();
             let end = json::for_each_member(buffer, |key, value| {
-                if let Some(Ok(value)) = value.map(serde_json::from_slice::<Value>) {
-                    members.insert(key.to_owned(), value);
+                if let Some(Ok(value)) = value.map(Json::parse) {
+                    members.push((key.to_owned().into(), value));
                 }
             });
             if end != ScanEnd::Invalid || !members.is_empty() {
-                fields.on_value(None, &Value::Object(members));
+                fields.on_value(None, &Json::Object(members));
             }
         }
         Some(b'[') => {

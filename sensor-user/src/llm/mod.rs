@@ -41,6 +41,7 @@ mod providers;
 mod request;
 mod response;
 mod sse;
+mod tree;
 #[cfg(test)]
 mod tests;
 

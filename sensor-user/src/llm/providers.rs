@@ -6,7 +6,7 @@
 //! configurable authority on providers. This guess covers plaintext seen
 //! without a catalog match, such as a local model server.
 
-use serde_json::Value;
+use super::tree::Json;
 
 /// An LLM API operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,9 +192,9 @@ fn split_host_port(host: &str) -> (&str, Option<u16>) {
 /// Recognises the API from the shape of one response JSON value (a whole
 /// body, one server-sent event's data or one NDJSON line). Used when the
 /// request was not captured or its path was not recognised.
-pub(super) fn api_from_response_shape(value: &Value, streaming: bool) -> Api {
-    let object = value.get("object").and_then(Value::as_str);
-    let kind = value.get("type").and_then(Value::as_str);
+pub(super) fn api_from_response_shape(value: &Json<'_>, streaming: bool) -> Api {
+    let object = value.get("object").and_then(Json::as_str);
+    let kind = value.get("type").and_then(Json::as_str);
     match (object, kind) {
         (Some("chat.completion" | "chat.completion.chunk"), _) => return Api::OpenAiChatCompletions,
         (Some("text_completion"), _) => return Api::OpenAiCompletions,
@@ -218,7 +218,7 @@ pub(super) fn api_from_response_shape(value: &Value, streaming: bool) -> Api {
     if value.get("candidates").is_some() || value.get("usageMetadata").is_some() {
         return if streaming { Api::GeminiStreamGenerateContent } else { Api::GeminiGenerateContent };
     }
-    if value.get("done").is_some_and(Value::is_boolean) && value.get("model").is_some() {
+    if value.get("done").is_some_and(Json::is_boolean) && value.get("model").is_some() {
         if value.get("message").is_some() {
             return Api::OllamaChat;
         }
@@ -229,8 +229,8 @@ pub(super) fn api_from_response_shape(value: &Value, streaming: bool) -> Api {
     Api::Unknown
 }
 
-fn first_data_object(value: &Value) -> Option<&str> {
-    value.get("data")?.get(0)?.get("object")?.as_str()
+fn first_data_object<'v>(value: &'v Json<'_>) -> Option<&'v str> {
+    value.get("data")?.at(0)?.get("object")?.as_str()
 }
 
 /// Maximum length of a model name; longer values are cut.
@@ -329,7 +329,8 @@ mod tests {
             (json!([1, 2]), false, Api::Unknown),
         ];
         for (value, streaming, api) in cases {
-            assert_eq!(api_from_response_shape(&value, streaming), api, "{value}");
+            let text = value.to_string();
+            assert_eq!(api_from_response_shape(&Json::parse(text.as_bytes()).unwrap(), streaming), api, "{value}");
         }
     }
 

@@ -8,11 +8,11 @@
 //! Gemini and Ollama send each call whole. Fragments are hashed as they
 //! arrive, so argument text is never held.
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
     ToolCall,
+    tree::Json,
     fingerprint::{finish_hex, sha256_hex},
     providers::{Api, MAX_MODEL_BYTES, api_from_response_shape, bounded},
     request::MAX_TOOL_NAME_BYTES,
@@ -131,7 +131,7 @@ impl ResponseFields {
             self.done = true;
             return;
         }
-        if let Ok(value) = serde_json::from_slice::<Value>(data) {
+        if let Ok(value) = Json::parse(data) {
             self.on_value(Some(name).filter(|name| !name.is_empty()), &value);
         }
     }
@@ -139,15 +139,15 @@ impl ResponseFields {
     /// Reads one JSON text: a whole body, one NDJSON line or one element of
     /// a streamed JSON array. A top-level array is read element by element.
     pub(super) fn on_json(&mut self, text: &[u8]) {
-        match serde_json::from_slice::<Value>(text) {
-            Ok(Value::Array(values)) => values.iter().for_each(|value| self.on_value(None, value)),
+        match Json::parse(text) {
+            Ok(Json::Array(values)) => values.iter().for_each(|value| self.on_value(None, value)),
             Ok(value) => self.on_value(None, &value),
             Err(_) => {}
         }
     }
 
     /// Reads one JSON value.
-    pub(super) fn on_value(&mut self, event: Option<&str>, value: &Value) {
+    pub(super) fn on_value(&mut self, event: Option<&str>, value: &Json<'_>) {
         if self.api == Api::Unknown {
             self.api = api_from_response_shape(value, self.streaming);
         }
@@ -188,45 +188,45 @@ impl ResponseFields {
         self.calls.last_mut()
     }
 
-    fn set_model(&mut self, value: Option<&Value>) {
+    fn set_model(&mut self, value: Option<&Json<'_>>) {
         if self.model.is_none()
-            && let Some(model) = value.and_then(Value::as_str).filter(|model| !model.is_empty())
+            && let Some(model) = value.and_then(Json::as_str).filter(|model| !model.is_empty())
         {
             self.model = Some(bounded(model, MAX_MODEL_BYTES));
         }
     }
 
-    fn set_finish_reason(&mut self, value: Option<&Value>) {
-        if let Some(reason) = value.and_then(Value::as_str).filter(|reason| !reason.is_empty()) {
+    fn set_finish_reason(&mut self, value: Option<&Json<'_>>) {
+        if let Some(reason) = value.and_then(Json::as_str).filter(|reason| !reason.is_empty()) {
             self.finish_reason = Some(bounded(reason, MAX_LABEL_BYTES));
         }
     }
 
     /// Reads token counts from a usage object; later values replace earlier
     /// ones because streams report running totals.
-    fn read_usage(&mut self, usage: Option<&Value>, input_keys: &[&str], output_keys: &[&str]) {
+    fn read_usage(&mut self, usage: Option<&Json<'_>>, input_keys: &[&str], output_keys: &[&str]) {
         let Some(usage) = usage.filter(|usage| usage.is_object()) else {
             return;
         };
-        if let Some(count) = input_keys.iter().find_map(|key| usage.get(key).and_then(Value::as_u64)) {
+        if let Some(count) = input_keys.iter().find_map(|key| usage.get(key).and_then(Json::as_u64)) {
             self.input_tokens = Some(count);
         }
-        if let Some(count) = output_keys.iter().find_map(|key| usage.get(key).and_then(Value::as_u64)) {
+        if let Some(count) = output_keys.iter().find_map(|key| usage.get(key).and_then(Json::as_u64)) {
             self.output_tokens = Some(count);
         }
     }
 
     /// Keeps the error's type or code. The message is not kept: providers
     /// echo parts of the request in it, such as a masked API key.
-    fn read_error(&mut self, error: &Value) {
+    fn read_error(&mut self, error: &Json<'_>) {
         // The most specific label first: OpenAI's string `code`
         // (`invalid_api_key`), then `type` (Anthropic), then Gemini's
         // `status` (`INVALID_ARGUMENT`), then a numeric `code`.
-        let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
+        let text = |key: &str| error.get(key).and_then(Json::as_str).map(str::to_owned);
         let label = text("code")
             .or_else(|| text("type"))
             .or_else(|| text("status"))
-            .or_else(|| error.get("code").and_then(Value::as_u64).map(|code| code.to_string()));
+            .or_else(|| error.get("code").and_then(Json::as_u64).map(|code| code.to_string()));
         let safe = |label: &String| {
             !label.is_empty()
                 && label.len() <= MAX_LABEL_BYTES
@@ -241,28 +241,28 @@ impl ResponseFields {
 
     /// Reads OpenAI chat completions (whole or `chat.completion.chunk`),
     /// legacy completions and embeddings.
-    fn read_openai_chat(&mut self, value: &Value) {
+    fn read_openai_chat(&mut self, value: &Json<'_>) {
         self.set_model(value.get("model"));
         self.read_usage(value.get("usage"), &["prompt_tokens", "input_tokens"], &["completion_tokens", "output_tokens"]);
-        let Some(Value::Array(choices)) = value.get("choices") else {
+        let Some(Json::Array(choices)) = value.get("choices") else {
             return;
         };
         for (position, choice) in choices.iter().enumerate() {
-            let choice_index = choice.get("index").and_then(Value::as_u64).unwrap_or(position as u64);
+            let choice_index = choice.get("index").and_then(Json::as_u64).unwrap_or(position as u64);
             let (message, streamed) = match (choice.get("delta"), choice.get("message")) {
                 (Some(delta), _) => (delta, true),
                 (None, Some(message)) => (message, false),
-                (None, None) => (&Value::Null, false),
+                (None, None) => (&Json::Null, false),
             };
-            if let Some(Value::Array(tool_calls)) = message.get("tool_calls") {
+            if let Some(Json::Array(tool_calls)) = message.get("tool_calls") {
                 for (position, tool_call) in tool_calls.iter().enumerate() {
-                    let tool_index = tool_call.get("index").and_then(Value::as_u64).unwrap_or(position as u64);
+                    let tool_index = tool_call.get("index").and_then(Json::as_u64).unwrap_or(position as u64);
                     self.read_openai_tool_call(tool_call, (choice_index, tool_index), streamed);
                 }
             }
             // The deprecated `functions` API: one call per choice.
             if let Some(function_call) = message.get("function_call").filter(|call| call.is_object()) {
-                let wrapped = serde_json::json!({ "function": function_call });
+                let wrapped = Json::Object(vec![("function".into(), function_call.clone())]);
                 self.read_openai_tool_call(&wrapped, (choice_index, u64::MAX), streamed);
             }
             if choice.get("finish_reason").is_some_and(|reason| !reason.is_null()) {
@@ -274,17 +274,17 @@ impl ResponseFields {
         }
     }
 
-    fn read_openai_tool_call(&mut self, tool_call: &Value, position: (u64, u64), streamed: bool) {
+    fn read_openai_tool_call(&mut self, tool_call: &Json<'_>, position: (u64, u64), streamed: bool) {
         let function = tool_call.get("function");
-        let name = function.and_then(|function| function.get("name")).and_then(Value::as_str);
+        let name = function.and_then(|function| function.get("name")).and_then(Json::as_str);
         let arguments = function.and_then(|function| function.get("arguments"));
-        let id = tool_call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let id = tool_call.get("id").and_then(Json::as_str).filter(|id| !id.is_empty());
         if !streamed {
             if let Some(call) = self.add_call(PendingCall::new(name.unwrap_or(""), id, Some(position))) {
                 match arguments {
-                    Some(Value::String(text)) => call.set_arguments(text.as_bytes()),
+                    Some(Json::String(text)) => call.set_arguments(text.as_bytes()),
                     // Some compatible servers send an object.
-                    Some(other @ Value::Object(_)) => call.set_arguments(&compact(other)),
+                    Some(other @ Json::Object(_)) => call.set_arguments(&compact(other)),
                     _ => call.open = false,
                 }
             }
@@ -319,21 +319,21 @@ impl ResponseFields {
         {
             call.name = bounded(name, MAX_TOOL_NAME_BYTES);
         }
-        if let Some(Value::String(fragment)) = arguments {
+        if let Some(Json::String(fragment)) = arguments {
             call.add_fragment(fragment);
         }
     }
 
     /// Reads the OpenAI responses API: a whole `response` object or stream events.
-    fn read_openai_responses(&mut self, event: Option<&str>, value: &Value) {
-        let kind = value.get("type").and_then(Value::as_str).or(event).unwrap_or("");
-        let output_index = value.get("output_index").and_then(Value::as_u64);
+    fn read_openai_responses(&mut self, event: Option<&str>, value: &Json<'_>) {
+        let kind = value.get("type").and_then(Json::as_str).or(event).unwrap_or("");
+        let output_index = value.get("output_index").and_then(Json::as_u64);
         match kind {
             "response.created" | "response.in_progress" | "response.queued" => {
-                self.read_response_object(value.get("response").unwrap_or(&Value::Null), false);
+                self.read_response_object(value.get("response").unwrap_or(&Json::Null), false);
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
-                self.read_response_object(value.get("response").unwrap_or(&Value::Null), true);
+                self.read_response_object(value.get("response").unwrap_or(&Json::Null), true);
                 self.done = true;
             }
             "response.output_item.added" | "response.output_item.done" => {
@@ -342,17 +342,17 @@ impl ResponseFields {
                 }
             }
             "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
-                let item_id = value.get("item_id").and_then(Value::as_str);
+                let item_id = value.get("item_id").and_then(Json::as_str);
                 if let Some(call) = self.find_output_call(item_id, output_index, None)
-                    && let Some(delta) = value.get("delta").and_then(Value::as_str)
+                    && let Some(delta) = value.get("delta").and_then(Json::as_str)
                     && call.open
                 {
                     call.add_fragment(delta);
                 }
             }
             "response.function_call_arguments.done" | "response.custom_tool_call_input.done" => {
-                let item_id = value.get("item_id").and_then(Value::as_str);
-                let text = value.get("arguments").or_else(|| value.get("input")).and_then(Value::as_str);
+                let item_id = value.get("item_id").and_then(Json::as_str);
+                let text = value.get("arguments").or_else(|| value.get("input")).and_then(Json::as_str);
                 if let Some(call) = self.find_output_call(item_id, output_index, None)
                     && let Some(text) = text
                 {
@@ -360,14 +360,14 @@ impl ResponseFields {
                 }
             }
             "error" => self.read_error(value),
-            _ if value.get("object").and_then(Value::as_str) == Some("response") => {
+            _ if value.get("object").and_then(Json::as_str) == Some("response") => {
                 self.read_response_object(value, true);
             }
             _ => {}
         }
     }
 
-    fn read_response_object(&mut self, response: &Value, last: bool) {
+    fn read_response_object(&mut self, response: &Json<'_>, last: bool) {
         self.set_model(response.get("model"));
         if let Some(error) = response.get("error").filter(|error| !error.is_null()) {
             self.read_error(error);
@@ -379,7 +379,7 @@ impl ResponseFields {
         let reason =
             response.get("incomplete_details").and_then(|details| details.get("reason")).or_else(|| response.get("status"));
         self.set_finish_reason(reason);
-        if let Some(Value::Array(output)) = response.get("output") {
+        if let Some(Json::Array(output)) = response.get("output") {
             for (index, item) in output.iter().enumerate() {
                 self.read_output_item(item, Some(index as u64), true);
             }
@@ -389,23 +389,23 @@ impl ResponseFields {
     /// Reads one output item. Only items the client executes are tool
     /// calls: function and custom tool calls, local shell and computer use.
     /// Hosted tools (web search, file search, MCP) run at the provider.
-    fn read_output_item(&mut self, item: &Value, output_index: Option<u64>, done: bool) {
-        let kind = item.get("type").and_then(Value::as_str).unwrap_or("");
+    fn read_output_item(&mut self, item: &Json<'_>, output_index: Option<u64>, done: bool) {
+        let kind = item.get("type").and_then(Json::as_str).unwrap_or("");
         let (name, arguments): (Option<&str>, Option<Vec<u8>>) = match kind {
             "function_call" => (
-                item.get("name").and_then(Value::as_str),
-                item.get("arguments").and_then(Value::as_str).map(|text| text.as_bytes().to_vec()),
+                item.get("name").and_then(Json::as_str),
+                item.get("arguments").and_then(Json::as_str).map(|text| text.as_bytes().to_vec()),
             ),
             "custom_tool_call" => (
-                item.get("name").and_then(Value::as_str),
-                item.get("input").and_then(Value::as_str).map(|text| text.as_bytes().to_vec()),
+                item.get("name").and_then(Json::as_str),
+                item.get("input").and_then(Json::as_str).map(|text| text.as_bytes().to_vec()),
             ),
             "local_shell_call" => (Some("local_shell"), item.get("action").map(compact)),
             "computer_call" => (Some("computer"), item.get("action").map(compact)),
             _ => return,
         };
-        let item_id = item.get("id").and_then(Value::as_str);
-        let call_id = item.get("call_id").and_then(Value::as_str);
+        let item_id = item.get("id").and_then(Json::as_str);
+        let call_id = item.get("call_id").and_then(Json::as_str);
         let call = match self.find_output_call(item_id, output_index, call_id) {
             Some(call) => call,
             None => {
@@ -454,20 +454,20 @@ impl ResponseFields {
     }
 
     /// Reads Anthropic messages: a whole `message` or stream events.
-    fn read_anthropic(&mut self, event: Option<&str>, value: &Value) {
-        let kind = value.get("type").and_then(Value::as_str).or(event).unwrap_or("");
-        let block_index = value.get("index").and_then(Value::as_u64);
+    fn read_anthropic(&mut self, event: Option<&str>, value: &Json<'_>) {
+        let kind = value.get("type").and_then(Json::as_str).or(event).unwrap_or("");
+        let block_index = value.get("index").and_then(Json::as_u64);
         match kind {
             "message_start" => {
-                let message = value.get("message").unwrap_or(&Value::Null);
+                let message = value.get("message").unwrap_or(&Json::Null);
                 self.set_model(message.get("model"));
                 self.read_usage(message.get("usage"), &["input_tokens"], &["output_tokens"]);
             }
             "content_block_start" => {
-                let block = value.get("content_block").unwrap_or(&Value::Null);
-                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    let name = block.get("name").and_then(Value::as_str).unwrap_or("");
-                    let id = block.get("id").and_then(Value::as_str);
+                let block = value.get("content_block").unwrap_or(&Json::Null);
+                if block.get("type").and_then(Json::as_str) == Some("tool_use") {
+                    let name = block.get("name").and_then(Json::as_str).unwrap_or("");
+                    let id = block.get("id").and_then(Json::as_str);
                     let object_arguments = block.get("input").map(compact);
                     let position = block_index.map(|index| (0, index));
                     if let Some(call) = self.add_call(PendingCall::new(name, id, position)) {
@@ -476,9 +476,9 @@ impl ResponseFields {
                 }
             }
             "content_block_delta" => {
-                let delta = value.get("delta").unwrap_or(&Value::Null);
-                if delta.get("type").and_then(Value::as_str) == Some("input_json_delta")
-                    && let Some(fragment) = delta.get("partial_json").and_then(Value::as_str)
+                let delta = value.get("delta").unwrap_or(&Json::Null);
+                if delta.get("type").and_then(Json::as_str) == Some("input_json_delta")
+                    && let Some(fragment) = delta.get("partial_json").and_then(Json::as_str)
                     && let Some(call) = self.open_call_at(block_index)
                 {
                     call.add_fragment(fragment);
@@ -498,12 +498,12 @@ impl ResponseFields {
                 self.set_model(value.get("model"));
                 self.read_usage(value.get("usage"), &["input_tokens"], &["output_tokens"]);
                 self.set_finish_reason(value.get("stop_reason"));
-                if let Some(Value::Array(content)) = value.get("content") {
-                    for block in content.iter().filter(|block| block.get("type").and_then(Value::as_str) == Some("tool_use")) {
-                        let name = block.get("name").and_then(Value::as_str).unwrap_or("");
-                        let id = block.get("id").and_then(Value::as_str);
+                if let Some(Json::Array(content)) = value.get("content") {
+                    for block in content.iter().filter(|block| block.get("type").and_then(Json::as_str) == Some("tool_use")) {
+                        let name = block.get("name").and_then(Json::as_str).unwrap_or("");
+                        let id = block.get("id").and_then(Json::as_str);
                         if let Some(call) = self.add_call(PendingCall::new(name, id, None)) {
-                            call.set_arguments(&compact(block.get("input").unwrap_or(&Value::Null)));
+                            call.set_arguments(&compact(block.get("input").unwrap_or(&Json::Null)));
                         }
                     }
                 }
@@ -518,21 +518,21 @@ impl ResponseFields {
     }
 
     /// Reads a Gemini `GenerateContentResponse`, whole or one streamed chunk.
-    fn read_gemini(&mut self, value: &Value) {
+    fn read_gemini(&mut self, value: &Json<'_>) {
         self.set_model(value.get("modelVersion"));
         self.read_usage(value.get("usageMetadata"), &["promptTokenCount"], &["candidatesTokenCount"]);
-        let Some(Value::Array(candidates)) = value.get("candidates") else {
+        let Some(Json::Array(candidates)) = value.get("candidates") else {
             return;
         };
         for candidate in candidates {
             self.set_finish_reason(candidate.get("finishReason"));
             let parts = candidate.get("content").and_then(|content| content.get("parts"));
-            let Some(Value::Array(parts)) = parts else {
+            let Some(Json::Array(parts)) = parts else {
                 continue;
             };
             for function_call in parts.iter().filter_map(|part| part.get("functionCall")) {
-                let name = function_call.get("name").and_then(Value::as_str).unwrap_or("");
-                let id = function_call.get("id").and_then(Value::as_str);
+                let name = function_call.get("name").and_then(Json::as_str).unwrap_or("");
+                let id = function_call.get("id").and_then(Json::as_str);
                 let arguments = function_call.get("args").map(compact);
                 if let Some(call) = self.add_call(PendingCall::new(name, id, None)) {
                     match arguments {
@@ -545,16 +545,16 @@ impl ResponseFields {
     }
 
     /// Reads Ollama `/api/chat` and `/api/generate`, whole or one NDJSON line.
-    fn read_ollama(&mut self, value: &Value) {
+    fn read_ollama(&mut self, value: &Json<'_>) {
         self.set_model(value.get("model"));
         let tool_calls = value.get("message").and_then(|message| message.get("tool_calls"));
-        if let Some(Value::Array(tool_calls)) = tool_calls {
+        if let Some(Json::Array(tool_calls)) = tool_calls {
             for tool_call in tool_calls {
-                let function = tool_call.get("function").unwrap_or(&Value::Null);
-                let name = function.get("name").and_then(Value::as_str).unwrap_or("");
-                let id = tool_call.get("id").and_then(Value::as_str);
+                let function = tool_call.get("function").unwrap_or(&Json::Null);
+                let name = function.get("name").and_then(Json::as_str).unwrap_or("");
+                let id = tool_call.get("id").and_then(Json::as_str);
                 let arguments = match function.get("arguments") {
-                    Some(Value::String(text)) => Some(text.as_bytes().to_vec()),
+                    Some(Json::String(text)) => Some(text.as_bytes().to_vec()),
                     Some(other) => Some(compact(other)),
                     None => None,
                 };
@@ -566,7 +566,7 @@ impl ResponseFields {
                 }
             }
         }
-        if value.get("done").and_then(Value::as_bool) == Some(true) {
+        if value.get("done").and_then(Json::as_bool) == Some(true) {
             self.done = true;
             self.set_finish_reason(value.get("done_reason"));
             self.read_usage(Some(value), &["prompt_eval_count"], &["eval_count"]);
@@ -577,7 +577,7 @@ impl ResponseFields {
 /// Serialises a JSON value without whitespace. Arguments sent as objects
 /// are hashed in this form. `serde_json` without `preserve_order` sorts
 /// object keys, so the text does not depend on the sender's key order.
-fn compact(value: &Value) -> Vec<u8> {
+fn compact(value: &Json<'_>) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
