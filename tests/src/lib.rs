@@ -193,6 +193,11 @@ impl Sensor {
         }
     }
 
+    /// Returns the sensor's pid, for reading its `/proc` status.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

@@ -257,3 +257,23 @@ fn snapshot_records_only_at_start() {
     let own = records_for(&records, "process.snapshot", std::process::id());
     assert_eq!(own.len(), 1, "the test process has one snapshot: {own:?}");
 }
+
+/// Start-up reads the kernel's BTF and the symbol tables of libssl and
+/// Node.js, the largest allocations the sensor makes. Its resident peak
+/// must stay within the 40 MB budget of one node's sensor.
+#[test]
+fn startup_peak_within_budget() {
+    require_sensor!();
+    let sensor = Sensor::start("");
+    sensor.expect("sensor.start", |r| r["kind"] == "sensor.start");
+    if Path::new("/usr/bin/node").exists() {
+        sensor.expect("Node.js hooked", |r| r["kind"] == "sensor.tls_hooked" && r["sensor"]["path"] == "/usr/bin/node");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid())).expect("read the sensor's status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM in the status");
+    assert!(peak_kib * 1024 <= 40_000_000, "start-up peak {peak_kib} KiB is over 40 MB");
+}

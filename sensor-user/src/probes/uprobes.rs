@@ -16,7 +16,6 @@ use aya::{
     programs::{uprobe::UProbeScope, UProbe},
     Ebpf,
 };
-use object::{Object, ObjectSymbol};
 
 use super::error_chain;
 
@@ -240,21 +239,14 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
     // cannot fault when the file is truncated meanwhile.
     let file = std::fs::File::open(path).ok()?;
     let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let exported: HashSet<&str> = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .filter(|s| s.is_definition())
-        .filter_map(|s| s.name().ok())
-        .filter(|name| name.starts_with("SSL_"))
-        .collect();
+    let elf = ElfImage::read(&cache)?;
     let mut symbols = Vec::new();
     let mut failures = Vec::new();
     let redirects: Vec<Redirect> =
-        [("SSL_read_ex", "SSL_read"), ("SSL_write_ex", "SSL_write")].iter().filter_map(|&(ex, plain)| Redirect::find(&elf, &cache, ex, plain)).collect();
+        [("SSL_read_ex", "SSL_read"), ("SSL_write_ex", "SSL_write")].iter().filter_map(|&(ex, plain)| Redirect::find(&elf, ex, plain)).collect();
     let mut attached_at: HashMap<(&str, u64), bool> = HashMap::new();
     for (program, symbol) in ATTACHMENTS {
-        if !exported.contains(symbol) {
+        if !elf.symbols.contains_key(symbol) {
             continue;
         }
         // The offset comes from the ELF already read, so aya does not
@@ -264,7 +256,7 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Option<Hooked> {
             // included, whichever entry point called it.
             Some(redirect) if *program == "ssl_call_enter" => ("ssl_call_ex_enter", redirect.callee_offset),
             Some(redirect) => (*program, redirect.callee_offset),
-            None => match file_offset(&elf, symbol) {
+            None => match elf.symbol_offset(symbol) {
                 Some(offset) => (*program, offset),
                 None => {
                     failures.push(format!("{program} at {symbol}: no file offset for the symbol"));
@@ -320,22 +312,21 @@ struct Redirect {
 }
 
 impl Redirect {
-    fn find<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, data: R, ex: &'static str, plain: &'static str) -> Option<Redirect> {
-        if elf.architecture() != object::Architecture::X86_64 {
+    fn find<'data, R: object::ReadRef<'data>>(elf: &ElfImage<'data, R>, ex: &'static str, plain: &'static str) -> Option<Redirect> {
+        if elf.machine != object::elf::EM_X86_64 {
             return None;
         }
-        let address = symbol_address(elf, ex)?;
-        let code = data.read_bytes_at(address_offset(elf, address)?, FORWARDER_LEN as u64).ok()?;
+        let address = *elf.symbols.get(ex)?;
+        let code = elf.bytes_at(elf.address_offset(address)?, FORWARDER_LEN)?;
         let callee = forwarder_callee(address, code)?;
-        let callee_offset = address_offset(elf, callee)?;
-        let head = data.read_bytes_at(callee_offset, 2).ok()?;
-        if !is_emulated_push(head) {
+        let callee_offset = elf.address_offset(callee)?;
+        if !is_emulated_push(elf.bytes_at(callee_offset, 2)?) {
             return None;
         }
         let mut symbols = vec![ex];
-        if let Some(plain_address) = symbol_address(elf, plain)
-            && let Some(plain_offset) = address_offset(elf, plain_address)
-            && let Ok(code) = data.read_bytes_at(plain_offset, CALL_SCAN_LEN as u64)
+        if let Some(&plain_address) = elf.symbols.get(plain)
+            && let Some(plain_offset) = elf.address_offset(plain_address)
+            && let Some(code) = elf.bytes_at(plain_offset, CALL_SCAN_LEN)
             && calls(plain_address, code, callee)
         {
             symbols.push(plain);
@@ -383,23 +374,72 @@ fn calls(address: u64, code: &[u8], target: u64) -> bool {
     })
 }
 
-fn symbol_address<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, symbol: &str) -> Option<u64> {
-    Some(elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.is_definition() && s.name().ok() == Some(symbol))?.address())
+/// The functions the probes need, from a 64-bit ELF file.
+///
+/// The dynamic symbol table is read first, and the full one only when the
+/// dynamic table lacks one of the functions. Node.js exports OpenSSL's, so
+/// its full table, 10 MB of symbols and names, is never read: the tables
+/// read stay in the file's cache until the file is hooked, and at start-up
+/// they were the sensor's resident peak.
+struct ElfImage<'data, R: object::ReadRef<'data>> {
+    data: R,
+    machine: u16,
+    /// `(address, file size, file offset)` of each loadable segment.
+    loads: Vec<(u64, u64, u64)>,
+    /// Addresses of the functions in `ATTACHMENTS` that the file defines.
+    symbols: HashMap<&'static str, u64>,
+    _data: std::marker::PhantomData<&'data ()>,
 }
 
-/// Returns the file offset of a defined symbol.
-fn file_offset<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, symbol: &str) -> Option<u64> {
-    address_offset(elf, symbol_address(elf, symbol)?)
-}
+impl<'data, R: object::ReadRef<'data>> ElfImage<'data, R> {
+    // NOTE: 32-bit ELF files are not hooked. The programs read arguments
+    // by the 64-bit calling convention, so a 32-bit process's calls could
+    // not be read anyway.
+    fn read(data: R) -> Option<Self> {
+        use object::read::elf::{FileHeader, ProgramHeader, Sym};
 
-/// Translates a virtual address through the loadable segment holding it.
-fn address_offset<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, address: u64) -> Option<u64> {
-    use object::ObjectSegment;
-    elf.segments().find_map(|segment| {
-        let start = segment.address();
-        let (file_start, file_size) = segment.file_range();
-        (address >= start && address < start + file_size).then(|| address - start + file_start)
-    })
+        let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
+        let endian = header.endian().ok()?;
+        let loads = header
+            .program_headers(endian, data)
+            .ok()?
+            .iter()
+            .filter(|segment| segment.p_type(endian) == object::elf::PT_LOAD)
+            .map(|segment| (segment.p_vaddr(endian), segment.p_filesz(endian), segment.p_offset(endian)))
+            .collect();
+        let sections = header.sections(endian, data).ok()?;
+        let mut symbols = HashMap::new();
+        let wanted = || ATTACHMENTS.iter().map(|(_, symbol)| *symbol);
+        for table in [object::elf::SHT_DYNSYM, object::elf::SHT_SYMTAB] {
+            if wanted().all(|symbol| symbols.contains_key(symbol)) {
+                break;
+            }
+            let Ok(table) = sections.symbols(endian, data, table) else { continue };
+            for symbol in table.iter().filter(|symbol| !symbol.is_undefined(endian) && symbol.st_value(endian) != 0) {
+                let Ok(name) = symbol.name(endian, table.strings()) else { continue };
+                if let Some(wanted) = wanted().find(|wanted| wanted.as_bytes() == name) {
+                    symbols.entry(wanted).or_insert(symbol.st_value(endian));
+                }
+            }
+        }
+        Some(ElfImage { data, machine: header.e_machine(endian), loads, symbols, _data: std::marker::PhantomData })
+    }
+
+    /// Returns the file offset of a defined function.
+    fn symbol_offset(&self, symbol: &str) -> Option<u64> {
+        self.address_offset(*self.symbols.get(symbol)?)
+    }
+
+    /// Translates a virtual address through the loadable segment holding it.
+    fn address_offset(&self, address: u64) -> Option<u64> {
+        self.loads.iter().find_map(|&(start, file_size, file_start)| {
+            (address >= start && address < start.saturating_add(file_size)).then(|| address - start + file_start)
+        })
+    }
+
+    fn bytes_at(&self, offset: u64, length: usize) -> Option<&'data [u8]> {
+        self.data.read_bytes_at(offset, length as u64).ok()
+    }
 }
 
 #[cfg(test)]
