@@ -260,7 +260,7 @@ impl LlmEvent {
 }
 
 /// Written as the request or response alone: the record's kind already
-/// says which.
+/// shows which.
 impl Serialize for LlmEvent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
