@@ -78,6 +78,34 @@ fn worker_thread_connect_names_program() {
     assert_eq!(record["network"]["result"], "ok", "{record}");
 }
 
+/// With `probes.report_threads`, a new thread gets a `process.thread`
+/// record and leaves its process as it was: the later connect still names
+/// the process's real parent and exec.
+#[test]
+fn reported_thread_keeps_process() {
+    require_sensor!();
+    let sensor = Sensor::start("[probes]\nreport_threads = true\n");
+    let (_listener, port) = listener("127.0.0.1:0");
+    let output = run_workload(&["thread-connect", "127.0.0.1", &port.to_string()]);
+    let pid = output_number(&output, "pid");
+    let tid = output_number(&output, "tid");
+
+    let thread = sensor.expect("process.thread of the worker", |r| {
+        r["kind"] == "process.thread" && r["process"]["pid"] == pid && r["process"]["thread"]["tid"] == tid
+    });
+    let exec = workload_exec(&sensor, pid);
+    assert_eq!(thread["process"]["exec_id"], exec["process"]["exec_id"], "{thread}");
+    let record = connect_record(&sensor, pid, port);
+    assert_eq!(record["process"]["ppid"], exec["process"]["ppid"], "{record}");
+    assert_eq!(record["process"]["exec_id"], exec["process"]["exec_id"], "{record}");
+    assert_eq!(record["process"]["origin"], "exec", "{record}");
+    // The workload's own fork from this test is its only one.
+    let forks: Vec<Value> =
+        sensor.records().into_iter().filter(|r| r["kind"] == "process.fork" && r["process"]["pid"] == pid).collect();
+    assert!(forks.len() <= 1, "{forks:#?}");
+    assert!(forks.iter().all(|fork| fork["process"]["ppid"] != pid), "the thread is not a fork of its own process: {forks:#?}");
+}
+
 #[test]
 fn forked_child_connect_without_exec() {
     require_sensor!();

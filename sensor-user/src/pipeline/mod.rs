@@ -194,6 +194,14 @@ impl Pipeline {
                 }
                 self.after_exec(key, header.time_ns, tool_root, exec.trace_context, probes)?;
             }
+            // A new thread (`probes.report_threads`) changes no process: its
+            // record names the process and the new thread.
+            KernelEvent::Fork(fork) if header.flags & FORK_FLAG_THREAD != 0 => {
+                if !self.deferred_forks.is_empty() {
+                    self.release_fork(key, true)?;
+                }
+                self.emit(key, "process.thread", header.time_ns, Some(fork.child_tid), |_| {})?;
+            }
             KernelEvent::Fork(fork) => {
                 let parent = self.table.key(fork.parent_pid, fork.parent_start_time_ns);
                 // The child's records name the parent's exec id from before
@@ -210,8 +218,7 @@ impl Pipeline {
                 // An agent's tool is a fork and an exec a moment apart. The
                 // `tool.spawn` states all a fork record would (pid, parent,
                 // start time), so the fork waits to see if the exec follows.
-                let thread = header.flags & FORK_FLAG_THREAD != 0;
-                if !thread && self.agents.tool_spawn_root(&key).is_some() && self.deferred_forks.len() < DEFERRED_FORKS_MAX {
+                if self.agents.tool_spawn_root(&key).is_some() && self.deferred_forks.len() < DEFERRED_FORKS_MAX {
                     self.deferred_forks.push((key, header.time_ns));
                 } else {
                     self.emit(key, "process.fork", header.time_ns, None, |_| {})?;
