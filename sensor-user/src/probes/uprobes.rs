@@ -409,16 +409,16 @@ impl<'data, R: object::ReadRef<'data>> ElfImage<'data, R> {
             .collect();
         let sections = header.sections(endian, data).ok()?;
         let mut symbols = HashMap::new();
-        let wanted = || ATTACHMENTS.iter().map(|(_, symbol)| *symbol);
+        let needed = || ATTACHMENTS.iter().map(|(_, symbol)| *symbol);
         for table in [object::elf::SHT_DYNSYM, object::elf::SHT_SYMTAB] {
-            if wanted().all(|symbol| symbols.contains_key(symbol)) {
+            if needed().all(|symbol| symbols.contains_key(symbol)) {
                 break;
             }
             let Ok(table) = sections.symbols(endian, data, table) else { continue };
             for symbol in table.iter().filter(|symbol| !symbol.is_undefined(endian) && symbol.st_value(endian) != 0) {
                 let Ok(name) = symbol.name(endian, table.strings()) else { continue };
-                if let Some(wanted) = wanted().find(|wanted| wanted.as_bytes() == name) {
-                    symbols.entry(wanted).or_insert(symbol.st_value(endian));
+                if let Some(function) = needed().find(|function| function.as_bytes() == name) {
+                    symbols.entry(function).or_insert(symbol.st_value(endian));
                 }
             }
         }
@@ -430,7 +430,7 @@ impl<'data, R: object::ReadRef<'data>> ElfImage<'data, R> {
         self.address_offset(*self.symbols.get(symbol)?)
     }
 
-    /// Translates a virtual address through the loadable segment holding it.
+    /// Translates a virtual address through the loadable segment containing it.
     fn address_offset(&self, address: u64) -> Option<u64> {
         self.loads.iter().find_map(|&(start, file_size, file_start)| {
             (address >= start && address < start.saturating_add(file_size)).then(|| address - start + file_start)
