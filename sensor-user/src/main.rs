@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod evidence;
 mod export;
+mod idmap;
 mod llm;
 mod metrics;
 mod identity;

@@ -16,13 +16,15 @@
 pub mod control;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use crate::idmap::IdMap;
 use crate::process::{ProcKey, Process};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -152,17 +154,56 @@ pub struct Agent {
     pub endpoints: BTreeSet<String>,
     #[serde(skip)]
     shadow_reported_for: Option<u64>,
+    /// The `agent` section as last serialised. Every record of the agent's
+    /// tree carries it, and it changes only when a detection is added or a
+    /// session begins, which empty it.
+    #[serde(skip)]
+    section: OnceLock<Arc<RawValue>>,
+}
+
+impl Agent {
+    /// The `agent` section of the agent's records.
+    pub fn view(&self) -> AgentView<'_> {
+        let mut view = AgentView::from(self);
+        // A section that cannot be serialised fails again, with its error,
+        // in the sink that writes the record.
+        if let Some(json) = self.section.get() {
+            view.json = Some(json.clone());
+        } else if let Ok(json) = serde_json::value::to_raw_value(&view) {
+            view.json = Some(self.section.get_or_init(|| Arc::from(json)).clone());
+        }
+        view
+    }
 }
 
 /// The `agent` section of a record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct AgentView<'a> {
     pub agent_id: &'a str,
     pub session_id: &'a str,
     pub registered: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<&'a str>,
     pub detected_by: &'a [Detection],
+    /// The section as serialised before (`Agent::view`).
+    pub json: Option<Arc<RawValue>>,
+}
+
+impl Serialize for AgentView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let Some(json) = &self.json {
+            return json.serialize(serializer);
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("agent_id", self.agent_id)?;
+        map.serialize_entry("session_id", self.session_id)?;
+        map.serialize_entry("registered", &self.registered)?;
+        if let Some(name) = self.name {
+            map.serialize_entry("name", name)?;
+        }
+        map.serialize_entry("detected_by", self.detected_by)?;
+        map.end()
+    }
 }
 
 impl<'a> From<&'a Agent> for AgentView<'a> {
@@ -173,6 +214,7 @@ impl<'a> From<&'a Agent> for AgentView<'a> {
             registered: agent.registered,
             name: agent.name.as_deref(),
             detected_by: &agent.detected_by,
+            json: None,
         }
     }
 }
@@ -190,16 +232,16 @@ pub struct Changes {
 
 pub struct Agents {
     config: AgentsConfig,
-    by_root: HashMap<ProcKey, Agent>,
+    by_root: IdMap<ProcKey, Agent>,
     /// Member process to the root of its agent tree.
-    member_of: HashMap<ProcKey, ProcKey>,
+    member_of: IdMap<ProcKey, ProcKey>,
     next_session: u64,
     boot_prefix: String,
 }
 
 impl Agents {
     pub fn new(config: AgentsConfig, boot_prefix: String) -> Self {
-        Self { config, by_root: HashMap::new(), member_of: HashMap::new(), next_session: 1, boot_prefix }
+        Self { config, by_root: IdMap::default(), member_of: IdMap::default(), next_session: 1, boot_prefix }
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
@@ -270,6 +312,7 @@ impl Agents {
                 agent.endpoints.insert(detection.value.clone());
                 if !agent.detected_by.iter().any(|d| d.signal == detection.signal && d.value == detection.value) {
                     agent.detected_by.push(detection);
+                    agent.section.take();
                 }
             }
             return (root, changes);
@@ -295,6 +338,7 @@ impl Agents {
             session,
             endpoints,
             shadow_reported_for: None,
+            section: OnceLock::new(),
         };
         let shadow = !agent.registered;
         let session_number = agent.session.number;
@@ -320,6 +364,7 @@ impl Agents {
             let session = self.new_session(time_ns);
             if let Some(agent) = self.by_root.get_mut(&root) {
                 let ended = std::mem::replace(&mut agent.session, session);
+                agent.section.take();
                 // A closed session was reported when it was closed.
                 changes.session_ended = (!closed).then_some(ended);
                 if !agent.registered && agent.shadow_reported_for != Some(agent.session.number) {
@@ -461,6 +506,26 @@ mod tests {
         let (member_root, changes) = agents.detect(&process(12, "/usr/bin/curl"), sni("api.openai.com"), 5);
         assert_eq!(member_root, root, "a member's LLM connection is its agent's activity");
         assert!(!changes.detected);
+    }
+
+    #[test]
+    fn kept_section_follows_detections_and_sessions() {
+        let mut agents = Agents::new(AgentsConfig { session_idle_secs: 10, ..Default::default() }, "b".into());
+        let python = process(10, "/usr/bin/python3");
+        let (root, _) = agents.detect(&python, sni("api.openai.com"), 0);
+        let section = |agents: &Agents| {
+            let view = agents.agent_of(&root).unwrap().view();
+            let fresh = serde_json::to_string(&AgentView { json: None, ..view.clone() }).unwrap();
+            let kept = view.json.expect("the section is kept").get().to_owned();
+            assert_eq!(kept, fresh);
+            serde_json::from_str::<serde_json::Value>(&kept).unwrap()
+        };
+        assert_eq!(section(&agents)["detected_by"].as_array().unwrap().len(), 1);
+        agents.detect(&python, sni("api.anthropic.com"), 1);
+        assert_eq!(section(&agents)["detected_by"][1]["value"], "api.anthropic.com");
+        let first_session = section(&agents)["session_id"].clone();
+        agents.activity(root, 30_000_000_000, |s| s.llm_requests += 1);
+        assert_ne!(section(&agents)["session_id"], first_session);
     }
 
     #[test]

@@ -19,12 +19,9 @@ pub mod view_cache;
 #[cfg(test)]
 mod tamper_tests;
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, UNIX_EPOCH},
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
 };
 
 use serde::Serialize;
@@ -80,9 +77,62 @@ impl Clock {
     }
 }
 
-/// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds.
+/// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds, as
+/// `humantime::format_rfc3339_nanos` does. Every record has two such times;
+/// going through `Display` cost several times the arithmetic.
 pub fn rfc3339(unix_ns: u64) -> String {
-    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
+    let secs = unix_ns / 1_000_000_000;
+    let (year, month, day) = civil_date(secs / 86_400);
+    let second_of_day = secs % 86_400;
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    put_digits(&mut text[0..4], u64::from(year));
+    put_digits(&mut text[5..7], u64::from(month));
+    put_digits(&mut text[8..10], u64::from(day));
+    put_digits(&mut text[11..13], second_of_day / 3600);
+    put_digits(&mut text[14..16], second_of_day / 60 % 60);
+    put_digits(&mut text[17..19], second_of_day % 60);
+    put_digits(&mut text[20..29], unix_ns % 1_000_000_000);
+    text.iter().map(|&b| b as char).collect()
+}
+
+/// Year, month and day of a count of days since 1970-01-01, in the
+/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil_date(days: u64) -> (u32, u32, u32) {
+    // Shifted so that eras of 400 years start on 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
+    let year = (year_of_era + era * 400 + u64::from(month <= 2)) as u32;
+    (year, month, day)
+}
+
+/// Writes the low decimal digits of `value` into `out`, zero-padded.
+fn put_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// Builds a record id: the time in hex first, so ids sort by time, then
+/// the sequence number, which makes them unique.
+fn record_id(unix_ns: u64, seq: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(25);
+    for shift in (0..16).rev() {
+        id.push(HEX[(unix_ns >> (shift * 4)) as usize & 15] as char);
+    }
+    id.push('-');
+    let digits = (16 - seq.leading_zeros() as usize / 4).max(8);
+    for shift in (0..digits).rev() {
+        id.push(HEX[(seq >> (shift * 4)) as usize & 15] as char);
+    }
+    id
 }
 
 /// The record's fixed head, assigned in write order.
@@ -226,8 +276,7 @@ impl Stamper {
         let unix_ns = self.clock.wall_ns(boot_ns);
         Head {
             schema: SCHEMA,
-            // Time first, so ids sort by time; the sequence makes them unique.
-            id: format!("{unix_ns:016x}-{seq:08x}"),
+            id: record_id(unix_ns, seq),
             seq,
             time: rfc3339(unix_ns),
             time_unix_nano: unix_ns,
@@ -424,6 +473,23 @@ impl ExitView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_and_ids_match_the_library_formats() {
+        let format = |ns: u64| {
+            humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
+        };
+        let day = 86_400_000_000_000u64;
+        let mut samples = vec![0, 1, 999_999_999, 1_000_000_000, 951_782_400_000_000_000, 4_107_542_399_999_999_999, u64::MAX];
+        // Every day boundary of four centuries, which covers each leap rule.
+        samples.extend((0..146_097).map(|d| d * day + (d % 86_400) * 1_000_000_007));
+        for ns in samples {
+            assert_eq!(rfc3339(ns), format(ns), "{ns}");
+        }
+        for (ns, seq) in [(0, 0), (1_796_487_646_831_777_877, 15), (u64::MAX, u64::MAX), (255, 0x1_0000_0000)] {
+            assert_eq!(record_id(ns, seq), format!("{ns:016x}-{seq:08x}"));
+        }
+    }
 
     #[test]
     fn exit_status_decoding() {

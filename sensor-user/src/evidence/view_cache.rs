@@ -7,11 +7,12 @@
 //! tenth of the daemon's time. The section's `start_time` depends on the
 //! stamper's clock too, which is sampled once for the daemon's run.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
 use super::ProcessView;
+use crate::idmap::IdMap;
 use crate::process::{ProcKey, Process, ProcessTable};
 
 /// Sections kept at most. A full cache is emptied: the bound matters only on
@@ -20,7 +21,7 @@ const MAX_ENTRIES: usize = 2048;
 
 #[derive(Default)]
 pub struct ViewCache {
-    entries: HashMap<ProcKey, Entry>,
+    entries: IdMap<ProcKey, Entry>,
 }
 
 struct Entry {

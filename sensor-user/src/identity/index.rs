@@ -17,7 +17,6 @@
 //! first, removed ones before live ones.
 
 use std::{
-    collections::HashMap,
     ffi::CString,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -25,6 +24,8 @@ use std::{
 };
 
 use super::discover::Discovered;
+
+use crate::idmap::IdMap;
 
 /// `FILEID_KERNFS` from `include/linux/exportfs.h`: a kernfs file handle is
 /// the node's 64-bit id, which for cgroup2 is the cgroup id.
@@ -123,7 +124,7 @@ pub struct CgroupIndex {
     /// False once the kernel rejected a file handle for a reason other than
     /// a removed cgroup, so later misses go straight to the walk.
     handles_work: bool,
-    entries: HashMap<u64, Entry>,
+    entries: IdMap<u64, Entry>,
     last_walk_ns: Option<u64>,
     /// Cgroups seen being created, for ids whose directory is already gone.
     discovered: Option<Arc<Discovered>>,
@@ -147,7 +148,7 @@ impl CgroupIndex {
             root,
             mount_fd,
             handles_work: true,
-            entries: HashMap::new(),
+            entries: IdMap::default(),
             last_walk_ns: None,
             discovered: None,
             capacity: capacity.max(1),

@@ -37,8 +37,10 @@ pub mod systemd;
 use std::{collections::{BTreeMap, HashMap}, path::PathBuf, sync::Arc};
 
 use serde::{ser::SerializeMap as _, Serialize};
+use serde_json::value::RawValue;
 
 use crate::config::IdentityConfig;
+use crate::idmap::IdMap;
 use cgroup::{CgroupFacts, QosClass, Runtime};
 use index::{CgroupIndex, Lookup};
 use kube::{PodDirectory, PodLookup};
@@ -149,10 +151,22 @@ pub enum UserName {
 pub struct WorkloadView {
     pub workload: Arc<Workload>,
     pub user: UserName,
+    /// The section as serialised for an earlier record, when the stage
+    /// kept it (see `Sections`).
+    pub json: Option<Arc<RawValue>>,
+}
+
+impl WorkloadView {
+    fn new(workload: Arc<Workload>, user: UserName) -> WorkloadView {
+        WorkloadView { workload, user, json: None }
+    }
 }
 
 impl Serialize for WorkloadView {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Some(json) = &self.json {
+            return json.serialize(serializer);
+        }
         let w = &*self.workload;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("kind", &w.kind)?;
@@ -234,6 +248,54 @@ impl Serialize for UnknownMap<'_> {
     }
 }
 
+/// Serialised `workload` sections by workload and user.
+///
+/// Each record about a process carries its workload, and serialising it
+/// anew took about a twentieth of the daemon's work under an agent's load.
+/// A workload is shared by every process of its cgroup and replaced, never
+/// changed, when its facts change, so the same pointer means the same
+/// facts. Entries hold their workload, so its address cannot be reused
+/// while they are kept.
+#[derive(Default)]
+struct Sections {
+    by_workload: IdMap<usize, (Arc<Workload>, Vec<(UserName, Arc<RawValue>)>)>,
+}
+
+impl Sections {
+    /// Users kept per workload; a cgroup whose processes run as more users
+    /// serialises the section for the others each time.
+    const USERS_PER_WORKLOAD: usize = 8;
+
+    fn attach(&mut self, view: &mut WorkloadView, capacity: usize) {
+        let address = Arc::as_ptr(&view.workload) as usize;
+        if let Some((_, users)) = self.by_workload.get(&address)
+            && let Some((_, json)) = users.iter().find(|(user, _)| *user == view.user)
+        {
+            view.json = Some(json.clone());
+            return;
+        }
+        // A section that cannot be serialised fails again, with its error,
+        // in the sink that writes the record.
+        let Ok(json) = serde_json::value::to_raw_value(&*view) else { return };
+        let json: Arc<RawValue> = Arc::from(json);
+        if self.by_workload.len() >= capacity && !self.by_workload.contains_key(&address) {
+            self.by_workload.clear();
+        }
+        let (_, users) = self.by_workload.entry(address).or_insert_with(|| (view.workload.clone(), Vec::new()));
+        if users.len() < Self::USERS_PER_WORKLOAD {
+            users.push((view.user.clone(), json.clone()));
+        }
+        view.json = Some(json);
+    }
+
+    /// Drops the sections of workloads no cgroup uses any more.
+    fn retain_used(&mut self) {
+        // The entry's own reference is one; the stage's cache or a record
+        // in flight holds any other.
+        self.by_workload.retain(|_, (workload, _)| Arc::strong_count(workload) > 1);
+    }
+}
+
 /// A cgroup's workload as resolved from local files, before the API's
 /// facts are merged in.
 struct Cached {
@@ -251,11 +313,12 @@ pub struct Identity {
     roots: RuntimeRoots,
     users: Users,
     pods: Arc<PodDirectory>,
-    workloads: HashMap<u64, Cached>,
+    workloads: IdMap<u64, Cached>,
     /// Cgroup ids of paths read from `/proc`, for processes found at start-up.
     ids_by_path: HashMap<Arc<str>, u64>,
     capacity: usize,
     no_cgroup: Arc<Workload>,
+    sections: Sections,
 }
 
 /// Returns the configured cgroup2 mount, or else the one mountinfo lists.
@@ -322,10 +385,11 @@ impl Identity {
             roots,
             users: Users::new(&config.passwd_path),
             pods,
-            workloads: HashMap::new(),
+            workloads: IdMap::default(),
             ids_by_path: HashMap::new(),
             capacity: config.max_cgroups.max(1),
             no_cgroup: Arc::new(Workload::unknown("no_cgroup")),
+            sections: Sections::default(),
         }
     }
 
@@ -348,7 +412,9 @@ impl Identity {
                 },
             },
         };
-        WorkloadView { workload, user }
+        let mut view = WorkloadView::new(workload, user);
+        self.sections.attach(&mut view, self.capacity);
+        view
     }
 
     fn id_of_path(&mut self, path: &str, now_ns: u64) -> Option<u64> {
@@ -442,6 +508,7 @@ impl Identity {
         // would recreate it, so entries the index forgot are dropped.
         self.workloads.retain(|&id, _| index.contains(id));
         self.ids_by_path.retain(|_, id| index.contains(*id));
+        self.sections.retain_used();
     }
 }
 

@@ -11,11 +11,12 @@
 //! [`super::cgroup`].
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
 };
+
+use crate::idmap::IdMap;
 
 /// Minimum time between two checks of the file's modification time, in
 /// nanoseconds, so a burst of unknown uids costs one `stat`.
@@ -40,8 +41,8 @@ pub enum PasswdError {
 /// Parses passwd lines (`name:password:uid:gid:gecos:home:shell`) into a
 /// uid-to-name map. Malformed lines and NIS `+`/`-` entries are skipped, and
 /// the first name wins when two share a uid, as `getpwuid` does with files.
-pub fn parse_passwd(text: &str) -> HashMap<u32, Arc<str>> {
-    let mut users = HashMap::new();
+pub fn parse_passwd(text: &str) -> IdMap<u32, Arc<str>> {
+    let mut users = IdMap::default();
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
         if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
@@ -62,7 +63,7 @@ pub fn parse_passwd(text: &str) -> HashMap<u32, Arc<str>> {
 /// Uid-to-name lookups from one passwd file, reloaded when it changes.
 pub struct Users {
     path: PathBuf,
-    names: HashMap<u32, Arc<str>>,
+    names: IdMap<u32, Arc<str>>,
     modified: Option<SystemTime>,
     checked_ns: Option<u64>,
     /// The last load's error, for the `user` unknown reason.
@@ -73,7 +74,7 @@ impl Users {
     /// Loads `path`; a missing or unreadable file leaves every user unknown
     /// and is logged once.
     pub fn new(path: &Path) -> Users {
-        let mut users = Users { path: path.to_owned(), names: HashMap::new(), modified: None, checked_ns: None, load_error: None };
+        let mut users = Users { path: path.to_owned(), names: IdMap::default(), modified: None, checked_ns: None, load_error: None };
         users.reload();
         users
     }

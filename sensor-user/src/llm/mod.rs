@@ -45,13 +45,15 @@ mod tree;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use zeroize::Zeroize;
 
 use exchange::{Call, Context, Stream};
 use fingerprint::Fingerprinter;
+
+use crate::idmap::IdMap;
 
 /// One connection of one process: `stream` is the capture's connection id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,10 +101,10 @@ pub struct LlmStats {
 pub struct LlmStreams {
     context: Context,
     max_streams: usize,
-    streams: HashMap<StreamKey, Stream>,
+    streams: IdMap<StreamKey, Stream>,
     /// Streams by the tick of their last feed, oldest first.
     recency: BTreeMap<u64, StreamKey>,
-    streams_per_pid: HashMap<u32, usize>,
+    streams_per_pid: IdMap<u32, usize>,
     next_tick: u64,
     stats: LlmStats,
 }
@@ -128,9 +130,9 @@ impl LlmStreams {
         LlmStreams {
             context: Context { fingerprinter, limit: config.max_buffer_bytes },
             max_streams: config.max_streams.max(1),
-            streams: HashMap::new(),
+            streams: IdMap::default(),
             recency: BTreeMap::new(),
-            streams_per_pid: HashMap::new(),
+            streams_per_pid: IdMap::default(),
             next_tick: 0,
             stats: LlmStats::default(),
         }

@@ -10,13 +10,12 @@ pub mod catalog;
 pub mod dns;
 pub mod tls;
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sensor_common::{AF_INET, AF_INET6};
 use serde::Serialize;
+
+use crate::idmap::IdMap;
 
 /// A destination as passed to `connect`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -120,7 +119,7 @@ pub struct PendingConnect {
 /// Connects waiting for their handshake outcome, bounded in size.
 #[derive(Debug, Default)]
 pub struct PendingConnects {
-    by_id: HashMap<(u32, u64), PendingConnect>,
+    by_id: IdMap<(u32, u64), PendingConnect>,
 }
 
 /// Upper bound on pending connects kept; the oldest are reported unknown.

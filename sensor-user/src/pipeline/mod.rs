@@ -10,16 +10,15 @@ mod activity;
 mod network;
 mod policy;
 
-use std::collections::HashMap;
-
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use sensor_common::{TrackedProcess, EVENT_KIND_COUNT, EXIT_FLAG_LEADER_ONLY, FORK_FLAG_THREAD, FORK_FLAG_TRACKED};
 use serde_json::json;
 
 use crate::{
-    agents::{AgentView, Agents},
+    agents::{Agent, Agents},
     evidence::{view_cache::ViewCache, Clock, ExitView, ProcessView, Record, Stamper},
+    idmap::IdMap,
     llm::LlmStreams,
     net::{catalog::Catalog, dns::DnsCache, PendingConnect, PendingConnects},
     probes::{
@@ -59,12 +58,12 @@ pub struct Pipeline {
     pub tracking_started: bool,
     /// Connections by process and connect id, for the records that follow
     /// a connect (ClientHello, plaintext).
-    pub connections: HashMap<(u32, u64), Connection>,
+    pub connections: IdMap<(u32, u64), Connection>,
     /// Latest connect id per process and socket fd.
-    pub connection_fds: HashMap<(u32, i32), u64>,
+    pub connection_fds: IdMap<(u32, i32), u64>,
     /// Processes whose memory map was checked for TLS libraries since their
     /// last exec.
-    pub tls_scanned: HashMap<ProcKey, ()>,
+    pub tls_scanned: IdMap<ProcKey, ()>,
     pub received: [u64; EVENT_KIND_COUNT as usize],
     pub decode_errors: u64,
     /// Read-only opens left out by `agents.ignore_read_prefixes`.
@@ -270,7 +269,7 @@ impl Pipeline {
             .as_mut()
             .map(|identity| identity.resolve(process.cgroup_id, process.cgroup_path.as_deref(), process.uid, time_ns));
         record.process = Some(view);
-        record.agent = agent.map(AgentView::from);
+        record.agent = agent.map(Agent::view);
         fill(&mut record);
         let outcome = policy::evaluate(policy, kind, process, agent, &record);
         if let Some(outcome) = &outcome {
@@ -290,7 +289,7 @@ impl Pipeline {
         views.attach(table, process, &mut view);
         finding.process = Some(view);
         finding.workload = workload;
-        finding.agent = agent.map(AgentView::from);
+        finding.agent = agent.map(Agent::view);
         finding.sections = sections;
         sinks.write(&finding)?;
         Ok(())

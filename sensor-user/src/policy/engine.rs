@@ -7,7 +7,6 @@
 //! record every poll.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
 };
 
@@ -15,6 +14,7 @@ use std::{
 use serde_json::{json, Value};
 
 use super::{Loaded, Policy, PolicyConfig, PolicyError};
+use crate::idmap::IdMap;
 use crate::process::ProcKey;
 
 /// Processes whose home directories are remembered; the cache is emptied
@@ -29,10 +29,10 @@ pub struct PolicyEngine {
     last_seen: Option<String>,
     procfs: PathBuf,
     passwd: PathBuf,
-    homes: HashMap<ProcKey, Option<String>>,
+    homes: IdMap<ProcKey, Option<String>>,
     /// Home directories from the passwd file by uid, read once per uid
     /// and reread after a reload.
-    user_homes: HashMap<u32, Option<String>>,
+    user_homes: IdMap<u32, Option<String>>,
     empty: Policy,
 }
 
@@ -40,7 +40,7 @@ impl PolicyEngine {
     /// Loads the configured policy. A missing or invalid file is an error:
     /// the daemon does not start with a policy other than the one asked for.
     pub fn start(config: &PolicyConfig, procfs: PathBuf, passwd: PathBuf) -> Result<Self, PolicyError> {
-        let mut engine = PolicyEngine { path: config.path.clone(), current: None, last_seen: None, procfs, passwd, homes: HashMap::new(), user_homes: HashMap::new(), empty: Policy::default() };
+        let mut engine = PolicyEngine { path: config.path.clone(), current: None, last_seen: None, procfs, passwd, homes: IdMap::default(), user_homes: IdMap::default(), empty: Policy::default() };
         if let Some(path) = &config.path {
             let bytes = super::read(path)?;
             let loaded = super::from_bytes(path, &bytes)?;

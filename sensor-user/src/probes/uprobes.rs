@@ -19,6 +19,8 @@ use aya::{
 
 use super::error_chain;
 
+use crate::idmap::{IdMap, IdSet};
+
 /// (program, symbol) pairs attached for each hooked file.
 const ATTACHMENTS: &[(&str, &str)] = &[
     ("ssl_call_enter", "SSL_write"),
@@ -58,11 +60,11 @@ pub struct CalleeProbe {
 #[derive(Default)]
 pub struct UprobeManager {
     procfs: PathBuf,
-    hooked: HashSet<FileId>,
+    hooked: IdSet<FileId>,
     /// Files checked and found without OpenSSL symbols, or failed.
-    skipped: HashSet<FileId>,
+    skipped: IdSet<FileId>,
     /// Whether each scanned process maps a hooked file, by pid.
-    processes: HashMap<u32, bool>,
+    processes: IdMap<u32, bool>,
     enabled: bool,
     /// The reason plaintext is unavailable when `enabled` is false.
     off_reason: &'static str,

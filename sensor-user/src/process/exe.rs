@@ -7,7 +7,6 @@
 //! binary run a thousand times is read once.
 
 use std::{
-    collections::HashMap,
     fs::File,
     io::Read,
     os::unix::fs::MetadataExt,
@@ -15,6 +14,8 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
+
+use crate::idmap::IdMap;
 
 /// Identity of a file's content as far as the hash cache is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,12 +70,12 @@ pub struct ExeInfo {
 pub struct ExeResolver {
     procfs: PathBuf,
     max_hash_bytes: u64,
-    cache: HashMap<FileVersion, String>,
+    cache: IdMap<FileVersion, String>,
     /// Resolved executables by the file version the kernel reported and the
     /// path from its dentry walk. A hit makes no system call. That matters in
     /// exec storms: most processes exit before `/proc/PID/exe` can be read,
     /// and the fallback then walks the path again.
-    resolved: HashMap<FileVersion, Resolved>,
+    resolved: IdMap<FileVersion, Resolved>,
     max_cache_entries: usize,
 }
 
@@ -89,7 +90,7 @@ fn version_of(meta: &std::fs::Metadata) -> FileVersion {
 
 impl ExeResolver {
     pub fn new(procfs: PathBuf, max_hash_bytes: u64) -> Self {
-        Self { procfs, max_hash_bytes, cache: HashMap::new(), resolved: HashMap::new(), max_cache_entries: 8192 }
+        Self { procfs, max_hash_bytes, cache: IdMap::default(), resolved: IdMap::default(), max_cache_entries: 8192 }
     }
 
     /// Resolves a process's executable, in order of trust: its live

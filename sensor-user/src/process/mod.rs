@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::{
     config::ProcessConfig,
+    idmap::IdMap,
     probes::decode::Exec,
     redact::{Field, Redaction, Redactor},
 };
@@ -84,14 +85,14 @@ pub struct Process {
 }
 
 pub struct ProcessTable {
-    by_key: HashMap<ProcKey, Process>,
+    by_key: IdMap<ProcKey, Process>,
     /// Newest process per pid, for events that carry no start time.
-    latest: HashMap<u32, ProcKey>,
+    latest: IdMap<u32, ProcKey>,
     /// Whether the kernel copies argv at exec (its BTF offsets resolved).
     pub argv_capability: bool,
     /// Processes found by the start-up scan, by pid, whose start times are
     /// only known to the tick.
-    scanned: HashMap<u32, ProcKey>,
+    scanned: IdMap<u32, ProcKey>,
     exe: ExeResolver,
     redactor: Redactor,
     config: ProcessConfig,
@@ -106,9 +107,9 @@ impl ProcessTable {
         let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         let tick_ns = if ticks_per_second > 0 { 1_000_000_000 / ticks_per_second as u64 } else { 10_000_000 };
         Self {
-            by_key: HashMap::new(),
-            latest: HashMap::new(),
-            scanned: HashMap::new(),
+            by_key: IdMap::default(),
+            latest: IdMap::default(),
+            scanned: IdMap::default(),
             argv_capability: true,
             exe: ExeResolver::new(config.procfs_path.clone(), config.max_hash_bytes),
             redactor,

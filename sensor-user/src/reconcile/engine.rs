@@ -27,6 +27,7 @@ use super::{
     ReconcileConfig,
 };
 use crate::evidence::rfc3339;
+use crate::idmap::IdMap;
 
 /// Recently decided actions and reports kept per agent, for the evidence
 /// of later findings ("this report matched another action").
@@ -122,7 +123,7 @@ struct AgentState {
     /// The pid of each pending action whose process has not exited, to its
     /// seq: a spawn and an exit look their process up here instead of
     /// scanning every pending action (thousands under a busy agent).
-    live_pids: HashMap<u32, u64>,
+    live_pids: IdMap<u32, u64>,
     reports: Vec<Pending>,
     /// Exec id to the seq of the action it belongs to, pending or decided.
     members: HashMap<String, u64>,
@@ -216,7 +217,7 @@ impl Basis {
 pub struct Reconciler {
     config: ReconcileConfig,
     agents: HashMap<Arc<str>, AgentState>,
-    by_pid: HashMap<u32, PidEntry>,
+    by_pid: IdMap<u32, PidEntry>,
     by_instance: HashMap<String, Arc<str>>,
     by_session: HashMap<String, Arc<str>>,
     by_file: HashMap<String, Arc<str>>,
@@ -239,7 +240,7 @@ impl Reconciler {
         Reconciler {
             config,
             agents: HashMap::new(),
-            by_pid: HashMap::new(),
+            by_pid: IdMap::default(),
             by_instance: HashMap::new(),
             by_session: HashMap::new(),
             by_file: HashMap::new(),
