@@ -44,7 +44,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let events = probes.events.take().context("the ring buffer was already taken")?;
     let boot_id = read_boot_id();
     let host_name = hostname();
-    let host = Host { name: host_name.clone(), boot_id: boot_id.clone() };
+    let host = Host::new(&host_name, &boot_id);
     let stamper = Stamper::new(host, Clock::from_system());
     // Loaded before the sinks open, so a recovery record already carries
     // the policy's sha256.

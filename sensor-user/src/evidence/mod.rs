@@ -25,6 +25,7 @@ use std::sync::{
 };
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::{
     agents::AgentView,
@@ -36,10 +37,30 @@ use crate::{
 /// Version of the record layout; bumped on any incompatible change.
 pub const SCHEMA: &str = "agent-sensor/0.1";
 
-#[derive(Debug, Clone, Serialize)]
+/// The host every record names, serialised once: it is the same in every
+/// record of a run.
+#[derive(Debug, Clone)]
 pub struct Host {
-    pub name: String,
-    pub boot_id: String,
+    json: Arc<RawValue>,
+}
+
+impl Host {
+    pub fn new(name: &str, boot_id: &str) -> Host {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            name: &'a str,
+            boot_id: &'a str,
+        }
+        // Two strings always serialise, so the default (`null`) is never used.
+        let json = serde_json::value::to_raw_value(&Fields { name, boot_id }).unwrap_or_default();
+        Host { json: Arc::from(json) }
+    }
+}
+
+impl Serialize for Host {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
 }
 
 /// Converts the kernel's boot-time clock to wall-clock time.
@@ -78,8 +99,8 @@ impl Clock {
 }
 
 /// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds, as
-/// `humantime::format_rfc3339_nanos` does. Every record has two such times;
-/// going through `Display` cost several times the arithmetic.
+/// `humantime::format_rfc3339_nanos` does. Every record has two such times,
+/// so they are written into a fixed buffer instead of through `Display`.
 pub fn rfc3339(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;
     let (year, month, day) = civil_date(secs / 86_400);
@@ -92,11 +113,12 @@ pub fn rfc3339(unix_ns: u64) -> String {
     put_digits(&mut text[14..16], second_of_day / 60 % 60);
     put_digits(&mut text[17..19], second_of_day % 60);
     put_digits(&mut text[20..29], unix_ns % 1_000_000_000);
-    text.iter().map(|&b| b as char).collect()
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&text).unwrap_or_default().to_owned()
 }
 
-/// Year, month and day of a count of days since 1970-01-01, in the
-/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+/// Returns the year, month and day of a count of days since 1970-01-01, in
+/// the proleptic Gregorian calendar, computed per era of 400 years.
 fn civil_date(days: u64) -> (u32, u32, u32) {
     // Shifted so that eras of 400 years start on 0000-03-01.
     let z = days + 719_468;
@@ -502,7 +524,7 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_then_seq() {
-        let host = Host { name: "h".into(), boot_id: "b".into() };
+        let host = Host::new("h", "b");
         let mut stamper = Stamper::new(host, Clock { boot_epoch_ns: 1_000_000_000 });
         let first = stamper.head("x", 5).id;
         let second = stamper.head("x", 5).id;

@@ -291,7 +291,7 @@ mod tests {
         };
         let keys = table.seed(vec![entry(10, 1, &["python3", "agent.py"]), entry(11, 10, &["ls", "-la", "/srv"])]);
         let clock = Clock::from_system();
-        let mut stamper = Stamper::new(Host { name: "h".into(), boot_id: "b".into() }, clock);
+        let mut stamper = Stamper::new(Host::new("h", "b"), clock);
         let detections = [Detection { signal: "sni", value: "api.openai.com".into(), provider: Some("openai".into()) }];
         let agent = AgentView { agent_id: "boot:10:5:1", session_id: "b-1", registered: false, name: None, detected_by: &detections, json: None };
         let more = [detections[0].clone(), Detection { signal: "api_shape", value: "POST /v1/chat/completions".into(), provider: None }];

@@ -362,7 +362,7 @@ fn record_lists_process_and_parent_redactions() {
     let child: ProcKey = keys[1];
     let process = table.get(&child).unwrap();
     let clock = Clock::from_system();
-    let mut stamper = Stamper::new(Host { name: "h".into(), boot_id: "b".into() }, clock);
+    let mut stamper = Stamper::new(Host::new("h", "b"), clock);
     let mut record = Record::new(stamper.head("process.snapshot", 0));
     record.process = Some(ProcessView::new(&table, process, None, &clock, child.start_ns));
     let json = serde_json::to_value(&record).unwrap();
@@ -393,7 +393,7 @@ fn record_without_secrets_has_no_redactions() {
     let mut table = ProcessTable::new(config, "boot".to_owned(), redactor());
     let keys = table.seed(vec![ProcEntry { pid: 10, ppid: 1, start_ticks: 5, argv: args(&["ls", "-la"]), ..Default::default() }]);
     let clock = Clock::from_system();
-    let mut stamper = Stamper::new(Host { name: "h".into(), boot_id: "b".into() }, clock);
+    let mut stamper = Stamper::new(Host::new("h", "b"), clock);
     let mut record = Record::new(stamper.head("process.snapshot", 0));
     record.process = Some(ProcessView::new(&table, table.get(&keys[0]).unwrap(), None, &clock, keys[0].start_ns));
     let json = serde_json::to_value(&record).unwrap();

@@ -48,7 +48,7 @@ pub(crate) fn test_keys(dir: &Path) -> (PathBuf, PublicKey) {
 }
 
 pub(crate) fn test_stamper() -> Stamper {
-    Stamper::new(Host { name: "test-host".into(), boot_id: "0123456789abcdef".into() }, Clock::from_system())
+    Stamper::new(Host::new("test-host", "0123456789abcdef"), Clock::from_system())
 }
 
 pub(crate) fn settings(key: Option<&Path>) -> EvidenceConfig {
