@@ -120,7 +120,7 @@ impl Default for ProbesConfig {
             wakeup_bytes: 256 << 10,
             // On the development VM, 50 ms instead of 20 cut the daemon's CPU
             // under an agent's load by a fifth (docs/benchmarks.md).
-            drain_interval_ms: 100,
+            drain_interval_ms: 200,
             drain_idle_interval_ms: 320,
             loss_check_interval_ms: 1000,
             disabled_hooks: Vec::new(),
