@@ -145,7 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let now = Clock::boot_now_ns();
     let start = pipeline.stamper.head("sensor.start", now);
-    pipeline.sinks.write(&Record {
+    pipeline.sinks.write_record(&Record {
         sensor: Some(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -174,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for degraded in &probes.report.degraded {
         log::warn!("degraded: {}: {}", degraded.hook, degraded.reason);
         let head = pipeline.stamper.head("sensor.degraded", now);
-        pipeline.sinks.write(&Record {
+        pipeline.sinks.write_record(&Record {
             sensor: Some(json!({ "hook": degraded.hook, "reason": degraded.reason })),
             ..Record::new(head)
         })?;
@@ -305,7 +305,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "ingest": ingest.as_ref().map(|i| i.stats.to_json()),
         "reconcile": pipeline.reconcile.as_ref().map(|r| json!(r.engine.stats)),
     });
-    pipeline.sinks.write(&Record { sensor: Some(stop), ..Record::new(head) })?;
+    pipeline.sinks.write_record(&Record { sensor: Some(stop), ..Record::new(head) })?;
     pipeline.sinks.close()?;
     if let Some(task) = export_task {
         // The task writes what is left in its channel to the buffer and

@@ -95,7 +95,7 @@ pub struct Workload {
 
 impl Workload {
     /// Builds a workload of unknown kind, for the reason given.
-    fn unknown(reason: &'static str) -> Workload {
+    pub(crate) fn unknown(reason: &'static str) -> Workload {
         Workload { unknown: vec![("kind", reason)], ..Workload::empty(WorkloadKind::Unknown) }
     }
 

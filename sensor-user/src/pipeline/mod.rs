@@ -275,7 +275,7 @@ impl Pipeline {
         if let Some(outcome) = &outcome {
             record.sections.insert("policy".into(), outcome.to_json());
         }
-        sinks.write(&record)?;
+        sinks.write_record(&record)?;
         if let Some(reconcile) = reconcile {
             reconcile.observe(&record);
         }
@@ -291,14 +291,14 @@ impl Pipeline {
         finding.workload = workload;
         finding.agent = agent.map(Agent::view);
         finding.sections = sections;
-        sinks.write(&finding)?;
+        sinks.write_record(&finding)?;
         Ok(())
     }
 
     /// Writes a record about the sensor itself.
     pub fn emit_sensor(&mut self, kind: &'static str, sensor: serde_json::Value) -> anyhow::Result<()> {
         let head = self.stamper.head(kind, Clock::boot_now_ns());
-        self.sinks.write(&Record { sensor: Some(sensor), ..Record::new(head) })?;
+        self.sinks.write_record(&Record { sensor: Some(sensor), ..Record::new(head) })?;
         Ok(())
     }
 

@@ -178,7 +178,7 @@ impl Pipeline {
         let head = self.stamper.head("policy.reload", Clock::boot_now_ns());
         let mut record = Record::new(head);
         record.sections.insert("policy_reload".into(), section);
-        self.sinks.write(&record)?;
+        self.sinks.write_record(&record)?;
         Ok(())
     }
 }

@@ -167,7 +167,7 @@ impl Pipeline {
         for mut output in outputs {
             crate::pipeline::complete_reconcile_finding(output.kind, &mut output.sections);
             let head = self.stamper.head(output.kind, Clock::boot_now_ns());
-            self.sinks.write(&Record { sections: output.sections, ..Record::new(head) })?;
+            self.sinks.write_record(&Record { sections: output.sections, ..Record::new(head) })?;
         }
         Ok(())
     }

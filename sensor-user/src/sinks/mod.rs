@@ -32,7 +32,7 @@ use crate::{
         chain::{self, ChainError, Hash, GENESIS},
         checkpoint::{self, CheckpointView, KeyError, Reason, Signer},
         recovery::{self, RecoveredView, RecoveryError, Resume, KIND_CHECKPOINT, KIND_RECOVERED},
-        Clock, Head, Stamper,
+        Clock, Head, Record, Stamper,
     },
 };
 use file::{EvidenceFile, WriterLock};
@@ -231,11 +231,26 @@ impl Sinks {
         self.flush()
     }
 
-    /// Serialises one record, seals it into the chain and writes it as a
-    /// JSON line to every sink; checkpoints and rotates when due.
+    /// Serialises any record through serde, seals it into the chain and
+    /// writes it as a JSON line to every sink, for tests of the sinks.
+    #[cfg(test)]
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), SinkError> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record).map_err(SinkError::Serialize)?;
+        self.seal_line()
+    }
+
+    /// Writes a pipeline record: serialises it with `Record::write_json`,
+    /// seals it into every chain and writes it; checkpoints and rotates
+    /// when due.
+    pub fn write_record(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
+        self.line.clear();
+        record.write_json(&mut self.line).map_err(SinkError::Serialize)?;
+        self.seal_line()
+    }
+
+    /// Seals the record in `self.line`, then checkpoints and rotates when due.
+    fn seal_line(&mut self) -> Result<(), SinkError> {
         self.append_sealed()?;
         if self.since_checkpoint >= self.settings.checkpoint_every_records {
             self.checkpoint(Reason::Count)?;
