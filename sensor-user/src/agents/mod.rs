@@ -156,7 +156,8 @@ pub struct Agent {
     shadow_reported_for: Option<u64>,
     /// The `agent` section as last serialised. Every record of the agent's
     /// tree carries it, and it changes only when a detection is added or a
-    /// session begins, which empty it.
+    /// session begins, which empty it. NOTE: the fields it shows are public;
+    /// code that changes one elsewhere must empty it too.
     #[serde(skip)]
     section: OnceLock<Arc<RawValue>>,
 }
