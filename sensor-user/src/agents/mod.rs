@@ -163,7 +163,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The `agent` section of the agent's records.
+    /// Returns the `agent` section of the agent's records, serialised once
+    /// until it changes.
     pub fn view(&self) -> AgentView<'_> {
         let mut view = AgentView::from(self);
         // A section that cannot be serialised fails again, with its error,
@@ -510,16 +511,16 @@ mod tests {
     }
 
     #[test]
-    fn kept_section_follows_detections_and_sessions() {
+    fn agent_section_follows_changes() {
         let mut agents = Agents::new(AgentsConfig { session_idle_secs: 10, ..Default::default() }, "b".into());
         let python = process(10, "/usr/bin/python3");
         let (root, _) = agents.detect(&python, sni("api.openai.com"), 0);
         let section = |agents: &Agents| {
             let view = agents.agent_of(&root).unwrap().view();
             let fresh = serde_json::to_string(&AgentView { json: None, ..view.clone() }).unwrap();
-            let kept = view.json.expect("the section is kept").get().to_owned();
-            assert_eq!(kept, fresh);
-            serde_json::from_str::<serde_json::Value>(&kept).unwrap()
+            let reused = view.json.expect("the section is kept").get().to_owned();
+            assert_eq!(reused, fresh);
+            serde_json::from_str::<serde_json::Value>(&reused).unwrap()
         };
         assert_eq!(section(&agents)["detected_by"].as_array().unwrap().len(), 1);
         agents.detect(&python, sni("api.anthropic.com"), 1);

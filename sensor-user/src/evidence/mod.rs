@@ -252,10 +252,10 @@ impl<'a> Record<'a> {
     }
 
     /// Appends the record's JSON to `out`, byte for byte what its
-    /// `Serialize` impl writes. Through serde's map machinery each of a
-    /// record's twenty to thirty keys and head strings was escaped anew;
-    /// copying the fixed keys as they are cut the daemon's instructions per
-    /// LLM request under an agent's load by 5% (callgrind).
+    /// `Serialize` impl writes. Serde's map machinery escapes each of a
+    /// record's twenty to thirty keys and head strings anew. Copying the
+    /// fixed keys instead cut the daemon's instructions per LLM request
+    /// under an agent's load by 5% (callgrind).
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let head = &self.head;
         out.extend_from_slice(b"{\"schema\":");
@@ -274,6 +274,7 @@ impl<'a> Record<'a> {
         serde_json::to_writer(&mut *out, head.host)?;
         out.extend_from_slice(b",\"policy_sha256\":");
         push_json_str(out, &head.policy_sha256)?;
+
         if let Some(process) = &self.process {
             out.extend_from_slice(b",\"process\":");
             match &process.json {
@@ -285,12 +286,14 @@ impl<'a> Record<'a> {
                 serde_json::to_writer(&mut *out, &process.redactions)?;
             }
         }
+
         push_member(out, b",\"workload\":", &self.workload)?;
         push_member(out, b",\"agent\":", &self.agent)?;
         push_member(out, b",\"network\":", &self.network)?;
         push_member(out, b",\"exit\":", &self.exit)?;
         push_member(out, b",\"sensor\":", &self.sensor)?;
         push_member(out, b",\"llm\":", &self.llm)?;
+
         for (key, value) in &self.sections {
             out.push(b',');
             push_json_str(out, key)?;
@@ -586,11 +589,13 @@ mod tests {
         let entry = ProcEntry { pid: 10, ppid: 1, start_ticks: 5, argv: argv.iter().map(|a| a.to_string()).collect(), ..Default::default() };
         let key = table.seed(vec![entry])[0];
         let process = table.get(&key).unwrap();
+
         let clock = Clock::from_system();
         let mut stamper = Stamper::new(Host::new("host \"one\"", "b"), clock);
         stamper.set_policy_sha256("pol\"icy");
         let detections = vec![Detection { signal: "sni", value: "api.openai.com".into(), provider: None }];
         let mut cache = view_cache::ViewCache::default();
+
         for cached in [false, true] {
             let mut record = Record::new(stamper.head("tool.spawn", 5));
             let mut view = ProcessView::new(&table, process, None, &clock, key.start_ns);
@@ -608,10 +613,12 @@ mod tests {
             record.sensor = Some(serde_json::json!({ "note": "x" }));
             record.sections.insert("file".into(), serde_json::json!({ "path": "/tmp/a\"b" }));
             record.sections.insert("we\"ird".into(), serde_json::json!([1, null]));
+
             let mut written = Vec::new();
             record.write_json(&mut written).unwrap();
             assert_eq!(String::from_utf8(written).unwrap(), serde_json::to_string(&record).unwrap());
         }
+
         let bare = Record::new(stamper.head("sensor.stop", 6));
         let mut written = Vec::new();
         bare.write_json(&mut written).unwrap();

@@ -251,8 +251,8 @@ impl Serialize for UnknownMap<'_> {
 /// Serialised `workload` sections by workload and user.
 ///
 /// Each record about a process carries its workload, and serialising it
-/// anew took about a twentieth of the daemon's work under an agent's load.
-/// A workload is shared by every process of its cgroup and replaced, never
+/// anew took about a twentieth of the daemon's instructions under an
+/// agent's load (callgrind). A workload is shared by every process of its cgroup and replaced, never
 /// changed, when its facts change, so the same pointer means the same
 /// facts. Entries hold their workload, so its address cannot be reused
 /// while they are kept.
@@ -262,8 +262,8 @@ struct Sections {
 }
 
 impl Sections {
-    /// Users kept per workload; a cgroup whose processes run as more users
-    /// serialises the section for the others each time.
+    /// Users kept per workload. A cgroup whose processes run as more users
+    /// has the section serialised anew for the others each time.
     const USERS_PER_WORKLOAD: usize = 8;
 
     fn attach(&mut self, view: &mut WorkloadView, capacity: usize) {
@@ -290,8 +290,8 @@ impl Sections {
 
     /// Drops the sections of workloads no cgroup uses any more.
     fn retain_used(&mut self) {
-        // The entry's own reference is one; the stage's cache or a record
-        // in flight holds any other.
+        // The entry holds one reference, so a count above one means the
+        // stage's cache or a record in flight still uses the workload.
         self.by_workload.retain(|_, (workload, _)| Arc::strong_count(workload) > 1);
     }
 }

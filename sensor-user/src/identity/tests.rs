@@ -204,16 +204,16 @@ fn host_service_unit_and_user() {
 }
 
 #[test]
-fn kept_section_matches_a_fresh_one() {
-    let fixture = Fixture::new("kept");
+fn reused_workload_section_matches() {
+    let fixture = Fixture::new("reused");
     let id = fixture.cgroup("/system.slice/run-u42.service");
     let mut identity = fixture.identity(PodDirectory::new(kube::ApiState::Disabled));
     let first = identity.resolve(Some(id), None, Some(4711), 1);
     let again = identity.resolve(Some(id), None, Some(4711), 2);
-    let kept = again.json.as_ref().expect("the second record reuses the section");
-    assert!(Arc::ptr_eq(first.json.as_ref().unwrap(), kept));
+    let reused = again.json.as_ref().expect("the second record reuses the section");
+    assert!(Arc::ptr_eq(first.json.as_ref().unwrap(), reused));
     let fresh = serde_json::to_string(&WorkloadView { json: None, ..again.clone() }).unwrap();
-    assert_eq!(kept.get(), fresh);
+    assert_eq!(reused.get(), fresh);
     // Another user of the same cgroup has a section of its own.
     let other = identity.resolve(Some(id), None, Some(5000), 3);
     assert_eq!(view_json(&other)["unknown"]["user"], "no_passwd_entry");
