@@ -118,8 +118,8 @@ impl Default for ProbesConfig {
             .collect(),
             report_threads: false,
             wakeup_bytes: 256 << 10,
-            // On the development VM, 50 ms instead of 20 cut the daemon's CPU
-            // under an agent's load by a fifth (docs/benchmarks.md).
+            // On the development VM, 200 ms instead of 100 cut the daemon's
+            // CPU under an agent's load by about 30% (docs/benchmarks.md).
             drain_interval_ms: 200,
             drain_idle_interval_ms: 320,
             loss_check_interval_ms: 1000,

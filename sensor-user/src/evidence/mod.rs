@@ -632,7 +632,8 @@ mod tests {
         };
         let day = 86_400_000_000_000u64;
         let mut samples = vec![0, 1, 999_999_999, 1_000_000_000, 951_782_400_000_000_000, 4_107_542_399_999_999_999, u64::MAX];
-        // Every day boundary of four centuries, which covers each leap rule.
+        // Every day of four centuries, which covers each leap rule, each at
+        // another time of day.
         samples.extend((0..146_097).map(|d| d * day + (d % 86_400) * 1_000_000_007));
         for ns in samples {
             assert_eq!(rfc3339(ns), format(ns), "{ns}");

@@ -151,15 +151,9 @@ pub enum UserName {
 pub struct WorkloadView {
     pub workload: Arc<Workload>,
     pub user: UserName,
-    /// The section as serialised for an earlier record, when the stage
-    /// kept it (see `Sections`).
+    /// The section as serialised for an earlier record of the same workload
+    /// and user (see `Sections`).
     pub json: Option<Arc<RawValue>>,
-}
-
-impl WorkloadView {
-    fn new(workload: Arc<Workload>, user: UserName) -> WorkloadView {
-        WorkloadView { workload, user, json: None }
-    }
 }
 
 impl Serialize for WorkloadView {
@@ -248,29 +242,24 @@ impl Serialize for UnknownMap<'_> {
     }
 }
 
-/// Serialised `workload` sections by workload and user.
+/// Serialised `workload` sections of one workload, by user.
 ///
 /// Each record about a process carries its workload, and serialising it
 /// anew took about a twentieth of the daemon's instructions under an
-/// agent's load (callgrind). A workload is shared by every process of its cgroup and replaced, never
-/// changed, when its facts change, so the same pointer means the same
-/// facts. Entries hold their workload, so its address cannot be reused
-/// while they are kept.
+/// agent's load (callgrind). A workload is replaced, never changed, when
+/// its facts change, and its sections are dropped with it.
 #[derive(Default)]
 struct Sections {
-    by_workload: IdMap<usize, (Arc<Workload>, Vec<(UserName, Arc<RawValue>)>)>,
+    by_user: Vec<(UserName, Arc<RawValue>)>,
 }
 
 impl Sections {
     /// Users kept per workload. A cgroup whose processes run as more users
     /// has the section serialised anew for the others each time.
-    const USERS_PER_WORKLOAD: usize = 8;
+    const MAX_USERS: usize = 8;
 
-    fn attach(&mut self, view: &mut WorkloadView, capacity: usize) {
-        let address = Arc::as_ptr(&view.workload) as usize;
-        if let Some((_, users)) = self.by_workload.get(&address)
-            && let Some((_, json)) = users.iter().find(|(user, _)| *user == view.user)
-        {
+    fn attach(&mut self, view: &mut WorkloadView) {
+        if let Some((_, json)) = self.by_user.iter().find(|(user, _)| *user == view.user) {
             view.json = Some(json.clone());
             return;
         }
@@ -278,21 +267,10 @@ impl Sections {
         // in the sink that writes the record.
         let Ok(json) = serde_json::value::to_raw_value(&*view) else { return };
         let json: Arc<RawValue> = Arc::from(json);
-        if self.by_workload.len() >= capacity && !self.by_workload.contains_key(&address) {
-            self.by_workload.clear();
-        }
-        let (_, users) = self.by_workload.entry(address).or_insert_with(|| (view.workload.clone(), Vec::new()));
-        if users.len() < Self::USERS_PER_WORKLOAD {
-            users.push((view.user.clone(), json.clone()));
+        if self.by_user.len() < Self::MAX_USERS {
+            self.by_user.push((view.user.clone(), json.clone()));
         }
         view.json = Some(json);
-    }
-
-    /// Drops the sections of workloads no cgroup uses any more.
-    fn retain_used(&mut self) {
-        // The entry holds one reference, so a count above one means the
-        // stage's cache or a record in flight still uses the workload.
-        self.by_workload.retain(|_, (workload, _)| Arc::strong_count(workload) > 1);
     }
 }
 
@@ -306,6 +284,8 @@ struct Cached {
     /// When to look for missing metadata again.
     retry_at_ns: Option<u64>,
     last_used_ns: u64,
+    /// The serialised sections of `merged`.
+    sections: Sections,
 }
 
 pub struct Identity {
@@ -318,7 +298,7 @@ pub struct Identity {
     ids_by_path: HashMap<Arc<str>, u64>,
     capacity: usize,
     no_cgroup: Arc<Workload>,
-    sections: Sections,
+    no_cgroup_sections: Sections,
 }
 
 /// Returns the configured cgroup2 mount, or else the one mountinfo lists.
@@ -389,7 +369,7 @@ impl Identity {
             ids_by_path: HashMap::new(),
             capacity: config.max_cgroups.max(1),
             no_cgroup: Arc::new(Workload::unknown("no_cgroup")),
-            sections: Sections::default(),
+            no_cgroup_sections: Sections::default(),
         }
     }
 
@@ -412,8 +392,19 @@ impl Identity {
                 },
             },
         };
-        let mut view = WorkloadView::new(workload, user);
-        self.sections.attach(&mut view, self.capacity);
+        let mut view = WorkloadView { workload, user, json: None };
+        // `workload_of` has just cached the workload under `id`.
+        let sections = match id {
+            Some(id) => self
+                .workloads
+                .get_mut(&id)
+                .filter(|cached| Arc::ptr_eq(&cached.merged, &view.workload))
+                .map(|cached| &mut cached.sections),
+            None => Some(&mut self.no_cgroup_sections),
+        };
+        if let Some(sections) = sections {
+            sections.attach(&mut view);
+        }
         view
     }
 
@@ -438,6 +429,7 @@ impl Identity {
                 if cached.generation != generation && cached.local.in_pod {
                     cached.merged = Arc::new(merge_pod_api(cached.local.clone(), &self.pods));
                     cached.generation = generation;
+                    cached.sections = Sections::default();
                 }
                 return cached.merged.clone();
             }
@@ -458,6 +450,7 @@ impl Identity {
                 generation,
                 retry_at_ns: missing.then_some(now_ns + RETRY_MISSING_NS),
                 last_used_ns: now_ns,
+                sections: Sections::default(),
             },
         );
         merged
@@ -508,7 +501,6 @@ impl Identity {
         // would recreate it, so entries the index forgot are dropped.
         self.workloads.retain(|&id, _| index.contains(id));
         self.ids_by_path.retain(|_, id| index.contains(*id));
-        self.sections.retain_used();
     }
 }
 
