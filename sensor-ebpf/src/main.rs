@@ -132,9 +132,21 @@ static TLS_SCRATCH: PerCpuArray<TlsEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static DNS_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
-/// `SSL_*` calls in flight, keyed by pid_tgid.
+/// Stream sockets whose first writes are copied, keyed by the `struct
+/// sock` address. `sock_send_length` checks it before it reads the
+/// syscall's registers, so other sends on the host cost two lookups. An
+/// entry is added with the socket's `WATCHED` entry and removed by the send
+/// that ends or misses that entry. The map is larger than `WATCHED`, so an
+/// entry is evicted only long after its watch has ended.
 #[map]
-static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+static STREAM_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(32768, 0);
+
+/// The last `SSL_*` call of each thread, keyed by pid_tgid. `stream` is 0
+/// once the call has returned. The thread's next call writes over the entry
+/// in place, which costs less than an insert at each entry and a delete at
+/// each return. LRU, so the entries of exited threads make room.
+#[map]
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(32768, 0);
 
 /// The socket fd each `SSL *` writes to, keyed by `[tgid, ssl]`, learnt from
 /// the write syscall made inside `SSL_write`.
@@ -805,6 +817,9 @@ fn watch_socket(pid_tgid: u64, args: &ConnectArgs) {
     let key = (pid_tgid & 0xffff_ffff_0000_0000) | (args.fd as u32 as u64);
     let watched = WatchedSocket { connect_id: args.connect_id, kind, writes: 0, bytes: 0, port, _pad: 0 };
     let _ = WATCHED.insert(&key, &watched, 0);
+    if kind == PAYLOAD_STREAM_START && args.sock != 0 {
+        let _ = STREAM_SOCKETS.insert(&args.sock, &1, 0);
+    }
 }
 
 #[tracepoint]
@@ -973,26 +988,30 @@ fn sendto_dns(pid_tgid: u64, fd: i32, addr: u64, buffer: u64, len: u64) -> bool 
     true
 }
 
-fn capture_write(pid_tgid: u64, fd: i32, buffer: u64, len: u64) {
+/// Copies one write of a watched socket; returns whether the socket is
+/// still watched afterwards.
+fn capture_write(pid_tgid: u64, fd: i32, buffer: u64, len: u64) -> bool {
     let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
     let Some(watched) = WATCHED.get_ptr_mut(&key) else {
-        return;
+        return false;
     };
     // SAFETY: a live map value of this program's map.
     let watched = unsafe { &mut *watched };
     let max_writes = if watched.kind == PAYLOAD_STREAM_START { WATCHED_MAX_WRITES } else { DNS_MAX_PACKETS };
     if watched.writes >= max_writes || buffer == 0 {
         let _ = WATCHED.remove(&key);
-        return;
+        return false;
     }
     let index = watched.writes;
     watched.writes += 1;
     watched.bytes = watched.bytes.saturating_add(len as u32);
     let (connect_id, direction, port) = (watched.connect_id, watched.kind, watched.port);
-    if watched.writes >= max_writes {
+    let still_watched = watched.writes < max_writes;
+    if !still_watched {
         let _ = WATCHED.remove(&key);
     }
     send_payload(pid_tgid, fd, connect_id, direction, port, index, buffer, len);
+    still_watched
 }
 
 /// Returns the inode number of the task's network namespace, 0 when the
@@ -1259,19 +1278,27 @@ fn try_sock_send(ctx: &RawTracePointContext) {
         return;
     }
     let off = offsets();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let sock_type: u16 = read_kernel(sk, off.sock_type);
+    // Most sends on a host are on stream sockets past their first writes
+    // and outside `SSL_*` calls. Two lookups end their run before the
+    // syscall's registers are read.
+    // SAFETY: only the presence of the key is read.
+    let watched_stream = sock_type != SOCK_DGRAM && unsafe { STREAM_SOCKETS.get(&sk) }.is_some();
+    if sock_type != SOCK_DGRAM && !watched_stream && active_tls_call(pid_tgid).is_none() {
+        return;
+    }
     let regs = syscall_registers(&off);
     let syscall = syscall_number(regs, &off);
     let nr = config().syscalls;
     if syscall != nr.write && syscall != nr.sendto && syscall != nr.sendmsg && syscall != nr.sendmmsg && syscall != nr.writev {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     let fd = syscall_arg(regs, &off, 0) as i32;
     let arg1 = syscall_arg(regs, &off, 1);
     let arg2 = syscall_arg(regs, &off, 2);
     note_tls_fd(pid_tgid, fd);
 
-    let sock_type: u16 = read_kernel(sk, off.sock_type);
     if sock_type == SOCK_DGRAM {
         if syscall == nr.sendto {
             let addr = syscall_arg(regs, &off, 4);
@@ -1285,8 +1312,16 @@ fn try_sock_send(ctx: &RawTracePointContext) {
         }
         first_datagram(pid_tgid, sk, fd, &off);
     }
+    if !watched_stream && sock_type != SOCK_DGRAM {
+        return;
+    }
     let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
     if WATCHED.get_ptr_mut(&key).is_none() {
+        // The watch ended elsewhere, was evicted, or belongs to another
+        // process that shares the socket.
+        if watched_stream {
+            let _ = STREAM_SOCKETS.remove(&sk);
+        }
         return;
     }
     let (buffer, len) = if syscall == nr.sendmsg || syscall == nr.sendmmsg {
@@ -1297,7 +1332,9 @@ fn try_sock_send(ctx: &RawTracePointContext) {
         (arg1, arg2)
     };
     // Only what the kernel took was sent.
-    capture_write(pid_tgid, fd, buffer, len.min(sent as u64));
+    if !capture_write(pid_tgid, fd, buffer, len.min(sent as u64)) && watched_stream {
+        let _ = STREAM_SOCKETS.remove(&sk);
+    }
 }
 
 /// Reports the first send on a connected datagram socket as its connect,
@@ -1695,11 +1732,26 @@ pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
 /// inside an `SSL_*` call on this thread.
 #[inline(always)]
 fn note_tls_fd(pid_tgid: u64, fd: i32) {
-    // SAFETY: the value is copied out at once.
-    if let Some(call) = unsafe { TLS_CALLS.get(&pid_tgid) } {
-        let key = [pid_tgid >> 32, call.stream];
+    let Some(stream) = active_tls_call(pid_tgid) else {
+        return;
+    };
+    let key = [pid_tgid >> 32, stream];
+    // Every send of an `SSL_*` call comes here, and the fd rarely changes,
+    // so a write in place replaces most LRU inserts.
+    if let Some(known) = TLS_FDS.get_ptr_mut(&key) {
+        // SAFETY: a live map value of this program's map.
+        unsafe { *known = fd };
+    } else {
         let _ = TLS_FDS.insert(&key, &fd, 0);
     }
+}
+
+/// Returns the `SSL *` of the call this thread is inside, if any.
+#[inline(always)]
+fn active_tls_call(pid_tgid: u64) -> Option<u64> {
+    // SAFETY: the value is copied out at once.
+    let stream = unsafe { TLS_CALLS.get(&pid_tgid) }.map_or(0, |call| call.stream);
+    (stream != 0).then_some(stream)
 }
 
 fn tls_enter(ctx: &ProbeContext, length_out_arg: Option<usize>) {
@@ -1709,16 +1761,29 @@ fn tls_enter(ctx: &ProbeContext, length_out_arg: Option<usize>) {
         buffer: ctx.arg::<u64>(1).unwrap_or(0),
         length_out: length_out_arg.and_then(|n| ctx.arg::<u64>(n)).unwrap_or(0),
     };
-    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    match TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: a live map value of this program's map, written only by
+        // this thread.
+        Some(slot) => unsafe { *slot = call },
+        None => {
+            let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+        }
+    }
 }
 
 fn tls_exit(ctx: &RetProbeContext, direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before removal.
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(slot) = TLS_CALLS.get_ptr_mut(&pid_tgid) else {
         return;
     };
-    let _ = TLS_CALLS.remove(&pid_tgid);
+    // SAFETY: a live map value of this program's map, written only by this
+    // thread.
+    let call = unsafe { *slot };
+    if call.stream == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).stream = 0 };
     // Every hooked function returns an `int`: read as 64 bits, -1 is
     // 4294967295, which the non-`_ex` calls would take for a byte count.
     let ret = i64::from(ctx.ret::<i32>());
