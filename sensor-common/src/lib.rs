@@ -371,6 +371,9 @@ pub const TLS_WRITE: u32 = 1;
 pub const TLS_READ: u32 = 2;
 /// The plaintext was cut at [`TLS_CAPACITY`].
 pub const TLS_FLAG_TRUNCATED: u32 = 1 << 0;
+/// No plaintext was copied because the daemon asked, through `TLS_SKIP`,
+/// to pass over the rest of a response it does not read.
+pub const TLS_FLAG_SKIPPED: u32 = 1 << 1;
 
 /// Plaintext passed to or returned by an OpenSSL-compatible `SSL_*` call.
 ///
@@ -388,7 +391,22 @@ pub struct TlsEvent {
     pub len: u32,
     /// Bytes the call wrote or read in full.
     pub total: u32,
+    /// `SSL_write` calls that returned data on this stream so far, this one
+    /// included; 0 when `fd` is unknown.
+    pub writes: u32,
+    pub _pad: u32,
     pub data: [u8; TLS_CAPACITY],
+}
+
+/// The kernel's record of one `SSL *` of one process, learnt from the send
+/// syscalls made inside its `SSL_*` calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsStream {
+    /// The socket fd the stream last wrote to.
+    pub fd: i32,
+    /// `SSL_write` calls that returned data since the entry was made.
+    pub writes: u32,
 }
 
 /// Per-thread state from an `SSL_*` entry probe to its return probe.
@@ -627,7 +645,7 @@ const _: () = assert!(PAYLOAD_CAPACITY.is_power_of_two());
 const _: () = assert!(TLS_CAPACITY.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 72 + PAYLOAD_CAPACITY);
 const _: () = assert!(core::mem::size_of::<FileEvent>() == 64 + 2 * PATH_CAPACITY);
-const _: () = assert!(core::mem::size_of::<TlsEvent>() == 56 + TLS_CAPACITY);
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 64 + TLS_CAPACITY);
 const _: () = assert!(core::mem::size_of::<WatchedSocket>() == 24);
 
 #[cfg(feature = "user")]

@@ -151,7 +151,16 @@ static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(32768,
 /// The socket fd each `SSL *` writes to, keyed by `[tgid, ssl]`, learnt from
 /// the write syscall made inside `SSL_write`.
 #[map]
-static TLS_FDS: LruHashMap<[u64; 2], i32> = LruHashMap::with_max_entries(16384, 0);
+static TLS_FDS: LruHashMap<[u64; 2], TlsStream> = LruHashMap::with_max_entries(16384, 0);
+
+/// Streams whose reads are passed over without copying, keyed like
+/// `TLS_FDS` and written by the daemon when a response it does not read
+/// (the answer to a request that is not an LLM call) has a large body left.
+/// The value is the stream's `TlsStream::writes` when the daemon saw the
+/// response: reads are passed over while it is unchanged, so the next
+/// request, and a command that arrives after it, end the skip.
+#[map]
+static TLS_SKIP: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(4096, 0);
 
 const EINPROGRESS: i32 = 115;
 const EINTR: i32 = 4;
@@ -1740,9 +1749,11 @@ fn note_tls_fd(pid_tgid: u64, fd: i32) {
     // so a write in place replaces most LRU inserts.
     if let Some(known) = TLS_FDS.get_ptr_mut(&key) {
         // SAFETY: a live map value of this program's map.
-        unsafe { *known = fd };
+        unsafe { (*known).fd = fd };
     } else {
-        let _ = TLS_FDS.insert(&key, &fd, 0);
+        // A new count of writes must not meet a skip made for the old one.
+        let _ = TLS_SKIP.remove(&key);
+        let _ = TLS_FDS.insert(&key, &TlsStream { fd, writes: 0 }, 0);
     }
 }
 
@@ -1811,14 +1822,37 @@ fn tls_exit(ctx: &RetProbeContext, direction: u32) {
     event.header = current_header(EventKind::Tls, task, &off);
     event.stream = call.stream;
     // SAFETY: the value is copied out at once.
-    event.fd = unsafe { TLS_FDS.get(&[pid_tgid >> 32, call.stream]) }.copied().unwrap_or(-1);
+    let key = [pid_tgid >> 32, call.stream];
+    (event.fd, event.writes) = match TLS_FDS.get_ptr_mut(&key) {
+        Some(stream) => {
+            // SAFETY: a live map value of this program's map.
+            let stream = unsafe { &mut *stream };
+            if direction == TLS_WRITE {
+                stream.writes = stream.writes.wrapping_add(1);
+            }
+            (stream.fd, stream.writes)
+        }
+        None => (-1, 0),
+    };
     event.direction = direction;
     event.total = len as u32;
+    event.len = 0;
+    event._pad = 0;
+    if direction == TLS_READ && event.fd >= 0 {
+        // SAFETY: the value is copied out at once.
+        if let Some(until) = unsafe { TLS_SKIP.get(&key) }.copied() {
+            if until == event.writes {
+                event.header.flags |= TLS_FLAG_SKIPPED;
+                output_bytes(EventKind::Tls, event_ptr as *const u8, core::mem::offset_of!(TlsEvent, data) as u64);
+                return;
+            }
+            let _ = TLS_SKIP.remove(&key);
+        }
+    }
     let n = masked(len, config().tls_max_bytes as u64, TLS_CAPACITY as u64);
     if len > n {
         event.header.flags |= TLS_FLAG_TRUNCATED;
     }
-    event.len = 0;
     if n > 0 {
         // SAFETY: `n` is below the buffer's length; the helper validates
         // the user address.

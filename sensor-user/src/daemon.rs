@@ -90,6 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         uprobes: UprobeManager::new(config.process.procfs_path.clone(), uprobes_loaded, config.probes.tls_plaintext),
         tracked: probes.tracked.take(),
+        tls_skip: probes.tls_skip.take(),
+        last_tls_skip: None,
         tracking_started: false,
         connections: Default::default(),
         connection_fds: Default::default(),

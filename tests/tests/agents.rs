@@ -19,7 +19,7 @@ use std::{
 };
 
 use integration_tests::{
-    Sensor, TempDir, argv, is_kind_for_pid,
+    Sensor, TempDir, argv, free_port, http_get, is_kind_for_pid, metric_sample,
     llm_server::{
         ClientRun, LlmServer, OLLAMA_PORT, RunningClient, fixtures_dir, python_binary, run_client,
         tls_client_binary,
@@ -580,6 +580,45 @@ fn ollama_plain_http_api_shape() {
     assert_eq!(request["llm"]["provider"], "ollama", "{request}");
     assert_eq!(request["llm"]["path"], "/api/chat", "{request}");
     assert_eq!(request["llm"]["stream"], false, "{request}");
+}
+
+#[test]
+fn download_skipped_then_llm_call_read() {
+    require_sensor!();
+    let server = LlmServer::start(&[]);
+    let port = free_port();
+    let sensor = Sensor::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // 8 MiB is about 512 TLS records: most are read after the daemon has
+    // parsed the response head and asked the kernel to pass over the rest.
+    let size = 8 << 20;
+    let mut command = server.client(python_binary());
+    command
+        .env("OPENAI_API_KEY", "sk-test-download")
+        .arg(fixtures_dir().join("download_then_chat.py"))
+        .arg(server.ca())
+        .arg(size.to_string());
+    let run = run_client(&mut command, CLIENT_TIMEOUT);
+    assert!(run.stdout.contains(&format!("downloaded {size}")), "{run:?}");
+    assert!(run.stdout.contains("tool_call run_shell"), "{run:?}");
+    let pid = run.pid;
+
+    // The chat call follows the download on the same connection, so it is
+    // read only if the skipped reads kept the stream's place.
+    let request = expect_of(&sensor, pid, "llm.request after the download", for_pid("llm.request", pid));
+    assert_eq!(request["llm"]["path"], "/v1/chat/completions", "{request}");
+    assert_eq!(request["llm"]["model"], "gpt-4o-mini", "{request}");
+    let response = expect_of(&sensor, pid, "llm.response after the download", for_pid("llm.response", pid));
+    assert_eq!(response["llm"]["tool_calls"][0]["name"], "run_shell", "{response}");
+    assert_eq!(response["llm"]["truncated"], false, "{response}");
+
+    let (status, text) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let skipped = metric_sample(&text, "agent_sensor_tls_skipped_bytes_total");
+    assert!(
+        skipped >= (size / 2) as f64,
+        "the kernel copied most of the download: {skipped} of {size} bytes skipped"
+    );
+    assert!(skipped < size as f64, "{skipped} of {size} bytes skipped");
 }
 
 /// Runs the rustls client twice, on two connections, under a daemon with

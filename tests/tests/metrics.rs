@@ -8,30 +8,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{require_sensor, Sensor};
-
-/// Sends a GET and returns the status code and body.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the metrics endpoint");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reading the response");
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or_else(String::new, |(_, body)| body.to_owned());
-    (status, body)
-}
-
-/// Returns the value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use integration_tests::{free_port, http_get as get, metric_sample as sample, require_sensor, Sensor};
 
 #[test]
 fn counters_move_and_probes_answer() {

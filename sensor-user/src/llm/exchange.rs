@@ -97,6 +97,14 @@ impl Stream {
         }
     }
 
+    /// Returns the bytes left of the response being read when nothing in
+    /// them can be reported: the answer to a request that is not an LLM
+    /// call, with a Content-Length body.
+    pub(super) fn ignored_response_left(&self) -> Option<u64> {
+        let ignored = self.exchanges.response.as_ref().is_some_and(|response| response.ignored);
+        if ignored { self.reader.length_body_left() } else { None }
+    }
+
     /// Returns the bytes held for the write and the read direction: partial
     /// heads and lines, JSON bodies and partial events.
     pub(super) fn buffered(&self) -> [usize; 2] {

@@ -205,6 +205,15 @@ impl HttpReader {
         self.state = State::Unsupported;
     }
 
+    /// Returns the bytes left of a body framed by Content-Length, `None`
+    /// outside such a body.
+    pub(super) fn length_body_left(&self) -> Option<u64> {
+        match self.state {
+            State::Length { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
     pub(super) fn is_unsupported(&self) -> bool {
         self.state == State::Unsupported
     }

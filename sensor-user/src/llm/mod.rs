@@ -95,6 +95,10 @@ pub struct LlmStats {
     pub unanswered_requests: u64,
     /// Streams evicted to stay within `max_streams`.
     pub evicted_streams: u64,
+    /// Calls the kernel passed over without copying, at the daemon's
+    /// request (see `ignored_response_left`), and their bytes.
+    pub skipped_calls: u64,
+    pub skipped_bytes: u64,
 }
 
 /// The LLM calls seen on the streams of all processes.
@@ -172,6 +176,24 @@ impl LlmStreams {
             stream.feed(call, &self.context, &mut self.stats, &mut events);
         }
         events
+    }
+
+    /// Takes a call whose plaintext the kernel did not copy because the
+    /// daemon asked it to pass over an ignored response: the stream moves
+    /// past `bytes` as past a gap, without counting one.
+    pub fn skip(&mut self, key: StreamKey, direction: Direction, bytes: usize, time_ns: u64) -> Vec<LlmEvent> {
+        self.stats.skipped_calls += 1;
+        self.stats.skipped_bytes += bytes as u64;
+        let gaps = self.stats.gaps;
+        let events = self.feed(key, direction, &[], bytes, time_ns);
+        self.stats.gaps = gaps;
+        events
+    }
+
+    /// Returns how many bytes are left of the response `key` is reading
+    /// when none of them can be reported (see `Stream::ignored_response_left`).
+    pub fn ignored_response_left(&self, key: StreamKey) -> Option<u64> {
+        self.streams.get(&key).and_then(Stream::ignored_response_left)
     }
 
     /// Ends a stream (its connection closed): a response read until close

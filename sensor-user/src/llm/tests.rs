@@ -1195,3 +1195,49 @@ fn mutated_fixtures_never_panic() {
         streams.close_stream(STREAM);
     }
 }
+
+// ---- Responses the kernel passes over ----
+
+#[test]
+fn ignored_download_skipped_then_call_read() {
+    let mut streams = new_streams();
+    let download = http_request("GET", "/files/big.tar", &[("Host", "files.example.org")], "");
+    assert!(feed(&mut streams, Direction::Write, &download).is_empty());
+    let body = vec![b'z'; 100_000];
+    let response = http_response("200 OK", &[("Content-Type", "application/octet-stream")], &body);
+    let head_len = response.len() - body.len();
+    // The first read carries the head and 16 KiB of body.
+    let first = &response[..head_len + 16_384];
+    assert!(feed(&mut streams, Direction::Read, first).is_empty());
+    let left = streams.ignored_response_left(STREAM);
+    assert_eq!(left, Some((body.len() - 16_384) as u64));
+
+    // The kernel skips the rest in two calls.
+    let rest = left.unwrap() as usize;
+    assert!(streams.skip(STREAM, Direction::Read, rest - 1000, 0).is_empty());
+    assert!(streams.skip(STREAM, Direction::Read, 1000, 0).is_empty());
+    assert_eq!(streams.stats().skipped_calls, 2);
+    assert_eq!(streams.stats().skipped_bytes, rest as u64);
+    assert_eq!(streams.stats().gaps, 0, "a skip is not a loss");
+    assert_eq!(streams.ignored_response_left(STREAM), None);
+
+    // The next exchange on the stream is read in full.
+    let (request, _) = openai_chat_request(false);
+    let request = only_request(feed(&mut streams, Direction::Write, &request));
+    assert_eq!(request.path, "/v1/chat/completions");
+    let reply = br#"{"id":"chatcmpl-B2","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+    let response = only_response(feed(&mut streams, Direction::Read, &http_response("200 OK", &[("Content-Type", "application/json")], reply)));
+    assert_eq!(response.model.as_deref(), Some("gpt-4o-mini"));
+    assert!(!response.truncated);
+}
+
+#[test]
+fn llm_response_never_skippable() {
+    let mut streams = new_streams();
+    let (request, _) = openai_chat_request(false);
+    only_request(feed(&mut streams, Direction::Write, &request));
+    let body = vec![b' '; 100_000];
+    let response = http_response("200 OK", &[("Content-Type", "application/json")], &body);
+    assert!(feed(&mut streams, Direction::Read, &response[..20_000]).is_empty());
+    assert_eq!(streams.ignored_response_left(STREAM), None);
+}

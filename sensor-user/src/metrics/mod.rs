@@ -145,6 +145,12 @@ pub fn render(pipeline: &Pipeline, probes: &Probes, ingest: Option<&Ingest>) -> 
         out.sample("agent_sensor_events_total", &[("kind", probes::loss_kind_name(index))], count);
     }
     out.single(
+        "agent_sensor_tls_skipped_bytes_total",
+        "counter",
+        "TLS plaintext bytes the kernel did not copy because they were the rest of a response that is not an LLM call.",
+        pipeline.llm.stats().skipped_bytes,
+    );
+    out.single(
         "agent_sensor_decode_errors_total",
         "counter",
         "Ring buffer records that did not decode.",

@@ -1,6 +1,6 @@
 //! Agent activity: detection, tool spawns, file operations and LLM calls.
 
-use sensor_common::{TrackedProcess, FILE_FLAG_PATH_TRUNCATED, FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_UNLINK, TLS_READ};
+use sensor_common::{TrackedProcess, FILE_FLAG_PATH_TRUNCATED, FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_UNLINK, TLS_FLAG_SKIPPED, TLS_READ};
 use serde_json::json;
 
 use super::Pipeline;
@@ -15,6 +15,10 @@ use crate::{
 };
 
 const AT_FDCWD: i32 = -100;
+
+/// The smallest rest of an ignored response worth a map update to skip:
+/// about two full TLS records.
+const SKIP_MIN_BYTES: u64 = 32 * 1024;
 
 impl Pipeline {
     /// Feeds a detection signal to the agents stage and records what changed.
@@ -278,14 +282,39 @@ impl Pipeline {
 
     pub(super) fn on_tls(&mut self, key: ProcKey, tls: &Tls<'_>) -> anyhow::Result<()> {
         let direction = if tls.direction == TLS_READ { Direction::Read } else { Direction::Write };
-        let missing = (tls.total as usize).saturating_sub(tls.data.len());
         let stream = StreamKey { pid: tls.header.pid, stream: tls.stream };
-        let events = self.llm.feed(stream, direction, tls.data, missing, tls.header.time_ns);
+        let events = if tls.header.flags & TLS_FLAG_SKIPPED != 0 {
+            self.llm.skip(stream, direction, tls.total as usize, tls.header.time_ns)
+        } else {
+            let missing = (tls.total as usize).saturating_sub(tls.data.len());
+            let events = self.llm.feed(stream, direction, tls.data, missing, tls.header.time_ns);
+            if direction == Direction::Read && tls.fd >= 0 {
+                self.skip_ignored_response(stream, tls.writes);
+            }
+            events
+        };
         let connection = self
             .connection_fds
             .get(&(tls.header.pid, tls.fd))
             .map(|connect_id| (tls.header.pid, *connect_id));
         self.on_llm_events(key, events, connection)
+    }
+
+    /// Asks the kernel to pass over the rest of the response `stream` is
+    /// reading when nothing in it can be reported and much of it is left,
+    /// as in a file download. `writes` is the stream's count of `SSL_write`
+    /// calls that the read's event carried: the kernel's skip lasts until
+    /// the count changes, so it ends at the next request.
+    fn skip_ignored_response(&mut self, stream: StreamKey, writes: u32) {
+        let Some(map) = &mut self.tls_skip else { return };
+        let worth_it = self.llm.ignored_response_left(stream).is_some_and(|left| left >= SKIP_MIN_BYTES);
+        if !worth_it || self.last_tls_skip == Some((stream, writes)) {
+            return;
+        }
+        self.last_tls_skip = Some((stream, writes));
+        if let Err(error) = map.insert([u64::from(stream.pid), stream.stream], writes, 0) {
+            log::warn!("failed to update TLS_SKIP for pid {}, so the kernel copies the rest of an ignored response: {error}", stream.pid);
+        }
     }
 
     /// Records LLM calls, and makes their process an agent by API shape.

@@ -19,7 +19,7 @@ use crate::{
     agents::{Agent, Agents},
     evidence::{view_cache::ViewCache, Clock, ExitView, ProcessView, Record, Stamper},
     idmap::IdMap,
-    llm::LlmStreams,
+    llm::{LlmStreams, StreamKey},
     net::{catalog::Catalog, dns::DnsCache, PendingConnect, PendingConnects},
     probes::{
         self,
@@ -53,6 +53,10 @@ pub struct Pipeline {
     pub uprobes: UprobeManager,
     /// The kernel's map of agent-tree processes, when it could be opened.
     pub tracked: Option<BpfHashMap<MapData, u32, TrackedProcess>>,
+    /// The kernel's map of TLS streams whose reads it passes over.
+    pub tls_skip: Option<BpfHashMap<MapData, [u64; 2], u32>>,
+    /// The last skip written there, so one response is asked for once.
+    pub last_tls_skip: Option<(StreamKey, u32)>,
     /// An agent was marked in the kernel since the file hooks were last
     /// checked, so they must be attached.
     pub tracking_started: bool,

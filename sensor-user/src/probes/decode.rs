@@ -86,6 +86,7 @@ pub struct Tls<'a> {
     pub fd: i32,
     pub direction: u32,
     pub total: u32,
+    pub writes: u32,
     pub data: &'a [u8],
 }
 
@@ -217,6 +218,7 @@ fn decode_tls(bytes: &[u8]) -> Result<Tls<'_>, DecodeError> {
         fd: read(bytes, offset_of!(TlsEvent, fd))?,
         direction: read(bytes, offset_of!(TlsEvent, direction))?,
         total: read(bytes, offset_of!(TlsEvent, total))?,
+        writes: read(bytes, offset_of!(TlsEvent, writes))?,
         data: trailing(bytes, offset_of!(TlsEvent, data), len)?,
     })
 }

@@ -85,6 +85,9 @@ pub struct Probes {
     pub events: Option<RingBuf<MapData>>,
     /// The map of agent-tree processes; taken by the pipeline.
     pub tracked: Option<aya::maps::HashMap<MapData, u32, sensor_common::TrackedProcess>>,
+    /// The map of TLS streams whose reads the kernel passes over, keyed by
+    /// `[tgid, SSL *]`; taken by the pipeline.
+    pub tls_skip: Option<aya::maps::HashMap<MapData, [u64; 2], u32>>,
     losses: PerCpuArray<MapData, u64>,
     pub report: StartReport,
     /// `tracepoints` or `syscalls`: which hooks see connects and sends.
@@ -350,10 +353,23 @@ impl Probes {
                 None
             }
         };
+        let tls_skip = match ebpf.take_map("TLS_SKIP").map(aya::maps::HashMap::try_from) {
+            Some(Ok(map)) => Some(map),
+            other => {
+                let reason = match other {
+                    Some(Err(error)) => error_chain(&error),
+                    _ => "map missing from the eBPF object".to_owned(),
+                };
+                // Plaintext of ignored responses is then copied in full.
+                report.degraded.push(Degraded { hook: "tls.skip_ignored_responses".to_owned(), reason });
+                None
+            }
+        };
         Ok(Probes {
             ebpf,
             events: Some(events),
             tracked,
+            tls_skip,
             losses,
             report,
             socket_mode,
