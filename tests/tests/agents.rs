@@ -588,8 +588,9 @@ fn download_skipped_then_llm_call_read() {
     let server = LlmServer::start(&[]);
     let port = free_port();
     let sensor = Sensor::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
-    // 8 MiB is about 512 TLS records: most are read after the daemon has
-    // parsed the response head and asked the kernel to pass over the rest.
+    // 8 MiB is about 512 TLS records. The client pauses after the first
+    // 64 KiB, so the rest is read after the daemon has parsed the response
+    // head and asked the kernel to pass over it.
     let size = 8 << 20;
     let mut command = server.client(python_binary());
     command
@@ -615,7 +616,7 @@ fn download_skipped_then_llm_call_read() {
     assert_eq!(status, 200, "{text}");
     let skipped = metric_sample(&text, "agent_sensor_tls_skipped_bytes_total");
     assert!(
-        skipped >= (size / 2) as f64,
+        skipped >= (size - (1 << 20)) as f64,
         "the kernel copied most of the download: {skipped} of {size} bytes skipped"
     );
     assert!(skipped < size as f64, "{skipped} of {size} bytes skipped");

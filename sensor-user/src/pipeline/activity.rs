@@ -305,6 +305,11 @@ impl Pipeline {
     /// as in a file download. `writes` is the stream's count of `SSL_write`
     /// calls that the read's event carried: the kernel's skip lasts until
     /// the count changes, so it ends at the next request.
+    ///
+    /// NOTE: streams this stage cannot read at all (HTTP/2, WebSocket,
+    /// other protocols) are still copied in full. Skipping them for good
+    /// would need a check that the `SSL *` still belongs to the same
+    /// connection, because a closed connection's address is reused.
     fn skip_ignored_response(&mut self, stream: StreamKey, writes: u32) {
         let Some(map) = &mut self.tls_skip else { return };
         let worth_it = self.llm.ignored_response_left(stream).is_some_and(|left| left >= SKIP_MIN_BYTES);
