@@ -374,6 +374,9 @@ pub const TLS_FLAG_TRUNCATED: u32 = 1 << 0;
 /// No plaintext was copied because the daemon asked, through `TLS_SKIP`,
 /// to pass over the rest of a response it does not read.
 pub const TLS_FLAG_SKIPPED: u32 = 1 << 1;
+/// No plaintext was copied because the ring buffer was more than half full
+/// (`ProgramConfig::tls_yield_bytes`).
+pub const TLS_FLAG_YIELDED: u32 = 1 << 2;
 
 /// Plaintext passed to or returned by an OpenSSL-compatible `SSL_*` call.
 ///
@@ -536,6 +539,10 @@ pub struct ProgramConfig {
     pub wakeup_bytes: u32,
     /// Bytes of plaintext copied per `SSL_*` call, at most `TLS_CAPACITY - 1`.
     pub tls_max_bytes: u32,
+    /// Unread bytes in the ring buffer above which `SSL_*` calls are sent
+    /// without their plaintext, so that a flood of TLS data cannot crowd
+    /// out process and network records; half the ring buffer.
+    pub tls_yield_bytes: u32,
     /// Bytes of an agent tree's process environment searched for
     /// `TRACEPARENT` at exec; 0 turns the search off.
     pub trace_context_max_bytes: u32,

@@ -39,6 +39,7 @@ static CONFIG: ProgramConfig = ProgramConfig {
     report_threads: 0,
     wakeup_bytes: 0,
     tls_max_bytes: 4095,
+    tls_yield_bytes: 0,
     trace_context_max_bytes: 0,
     syscalls: SyscallNumbers::NONE,
 };
@@ -1849,9 +1850,19 @@ fn tls_exit(ctx: &RetProbeContext, direction: u32) {
             let _ = TLS_SKIP.remove(&key);
         }
     }
-    let n = masked(len, config().tls_max_bytes as u64, TLS_CAPACITY as u64);
+    let mut n = masked(len, config().tls_max_bytes as u64, TLS_CAPACITY as u64);
     if len > n {
         event.header.flags |= TLS_FLAG_TRUNCATED;
+    }
+    // A bulk transfer the daemon cannot skip (another protocol, a memory
+    // BIO, the reads before the daemon's request) fills the ring buffer
+    // faster than the daemon drains it. Past half of it, calls are sent
+    // without plaintext, so the records a reader of the evidence needs
+    // keep their room and the daemon still learns each call's length.
+    // SAFETY: the map pointer is this program's ring buffer.
+    if n > 0 && unsafe { bpf_ringbuf_query(EVENTS_PTR(), BPF_RB_AVAIL_DATA) } > config().tls_yield_bytes as u64 {
+        event.header.flags |= TLS_FLAG_YIELDED;
+        n = 0;
     }
     if n > 0 {
         // SAFETY: `n` is below the buffer's length; the helper validates

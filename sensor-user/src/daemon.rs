@@ -99,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         received: [0; EVENT_KIND_COUNT as usize],
         decode_errors: 0,
         ignored_file_reads: 0,
+        tls_yielded_bytes: 0,
         reported_losses: [0; EVENT_KIND_COUNT as usize],
         reconcile: config
             .reconcile

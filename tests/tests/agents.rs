@@ -614,12 +614,50 @@ fn download_skipped_then_llm_call_read() {
 
     let (status, text) = http_get(port, "/metrics");
     assert_eq!(status, 200, "{text}");
-    let skipped = metric_sample(&text, "agent_sensor_tls_skipped_bytes_total");
+    let skipped = metric_sample(&text, r#"agent_sensor_tls_uncopied_bytes_total{reason="ignored_response"}"#);
     assert!(
         skipped >= (size - (1 << 20)) as f64,
         "the kernel copied most of the download: {skipped} of {size} bytes skipped"
     );
     assert!(skipped < size as f64, "{skipped} of {size} bytes skipped");
+}
+
+#[test]
+fn tls_flood_yields_to_records() {
+    require_sensor!();
+    let port = free_port();
+    // A 1 MiB ring buffer and a stopped daemon: 16 MiB of TLS plaintext
+    // would overflow it many times over if every call were copied.
+    let sensor = Sensor::start(&format!(
+        "[probes]\nring_buffer_bytes = 1048576\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let dir = TempDir::new("tls-flood");
+    let size = 16 << 20;
+    let mut command = Command::new(python_binary());
+    command
+        .arg(fixtures_dir().join("tls_bulk.py"))
+        .arg(dir.path())
+        .arg(size.to_string());
+    let mut client = RunningClient::spawn(&mut command);
+    let pid = client.pid;
+    expect_of(&sensor, pid, "tls.hello of the bulk client", for_pid("tls.hello", pid));
+
+    // SAFETY: kill has no memory preconditions; the pid is the sensor's.
+    assert_eq!(unsafe { libc::kill(sensor.pid() as i32, libc::SIGSTOP) }, 0);
+    client.send(b"go\n");
+    let run = client.wait(CLIENT_TIMEOUT);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(sensor.pid() as i32, libc::SIGCONT) }, 0);
+    assert!(run.stdout.contains(&format!("received {size}")), "{run:?}");
+
+    expect_of(&sensor, pid, "process.exit of the bulk client", for_pid("process.exit", pid));
+    // Losses are reported on the daemon's next chores, within a second.
+    let lost = sensor.wait_for_within(Duration::from_secs(3), |r| r["kind"] == "sensor.loss");
+    assert!(lost.is_none(), "records were lost: {lost:?}");
+    let (status, text) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let yielded = metric_sample(&text, r#"agent_sensor_tls_uncopied_bytes_total{reason="ring_buffer_half_full"}"#);
+    assert!(yielded >= (size / 2) as f64, "only {yielded} bytes were sent without plaintext");
 }
 
 /// Runs the rustls client twice, on two connections, under a daemon with

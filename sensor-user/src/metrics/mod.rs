@@ -144,12 +144,13 @@ pub fn render(pipeline: &Pipeline, probes: &Probes, ingest: Option<&Ingest>) -> 
     for (index, count) in pipeline.received.iter().enumerate() {
         out.sample("agent_sensor_events_total", &[("kind", probes::loss_kind_name(index))], count);
     }
-    out.single(
-        "agent_sensor_tls_skipped_bytes_total",
+    out.family(
+        "agent_sensor_tls_uncopied_bytes_total",
         "counter",
-        "TLS plaintext bytes the kernel did not copy because they were the rest of a response that is not an LLM call.",
-        pipeline.llm.stats().skipped_bytes,
+        "TLS plaintext bytes the kernel did not copy, by reason.",
     );
+    out.sample("agent_sensor_tls_uncopied_bytes_total", &[("reason", "ignored_response")], pipeline.llm.stats().skipped_bytes);
+    out.sample("agent_sensor_tls_uncopied_bytes_total", &[("reason", "ring_buffer_half_full")], pipeline.tls_yielded_bytes);
     out.single(
         "agent_sensor_decode_errors_total",
         "counter",

@@ -1,6 +1,6 @@
 //! Agent activity: detection, tool spawns, file operations and LLM calls.
 
-use sensor_common::{TrackedProcess, FILE_FLAG_PATH_TRUNCATED, FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_UNLINK, TLS_FLAG_SKIPPED, TLS_READ};
+use sensor_common::{TrackedProcess, FILE_FLAG_PATH_TRUNCATED, FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_UNLINK, TLS_FLAG_SKIPPED, TLS_FLAG_YIELDED, TLS_READ};
 use serde_json::json;
 
 use super::Pipeline;
@@ -286,6 +286,11 @@ impl Pipeline {
         let events = if tls.header.flags & TLS_FLAG_SKIPPED != 0 {
             self.llm.skip(stream, direction, tls.total as usize, tls.header.time_ns)
         } else {
+            if tls.header.flags & TLS_FLAG_YIELDED != 0 {
+                self.tls_yielded_bytes += u64::from(tls.total);
+            }
+            // A yielded call is a gap: the messages it cuts are marked
+            // truncated.
             let missing = (tls.total as usize).saturating_sub(tls.data.len());
             let events = self.llm.feed(stream, direction, tls.data, missing, tls.header.time_ns);
             if direction == Direction::Read && tls.fd >= 0 {

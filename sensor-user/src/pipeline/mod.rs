@@ -72,6 +72,9 @@ pub struct Pipeline {
     pub decode_errors: u64,
     /// Read-only opens left out by `agents.ignore_read_prefixes`.
     pub ignored_file_reads: u64,
+    /// TLS plaintext bytes the kernel did not copy because the ring buffer
+    /// was more than half full (`TLS_FLAG_YIELDED`).
+    pub tls_yielded_bytes: u64,
     pub reported_losses: [u64; EVENT_KIND_COUNT as usize],
     /// Reconciliation with agents' telemetry (stage 8); `None` when
     /// `reconcile.enabled` is off.

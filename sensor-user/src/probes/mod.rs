@@ -272,6 +272,7 @@ impl Probes {
             report_threads: u32::from(config.report_threads),
             wakeup_bytes: config.wakeup_bytes,
             tls_max_bytes: config.tls_max_bytes,
+            tls_yield_bytes: config.ring_buffer_bytes / 2,
             trace_context_max_bytes,
             syscalls: syscall_numbers(),
         };
