@@ -540,8 +540,8 @@ pub struct ProgramConfig {
     /// Bytes of plaintext copied per `SSL_*` call, at most `TLS_CAPACITY - 1`.
     pub tls_max_bytes: u32,
     /// Unread bytes in the ring buffer above which `SSL_*` calls are sent
-    /// without their plaintext, so that a flood of TLS data cannot crowd
-    /// out process and network records; half the ring buffer.
+    /// without their plaintext: half the ring buffer. A flood of TLS data
+    /// then cannot crowd out process and network records.
     pub tls_yield_bytes: u32,
     /// Bytes of an agent tree's process environment searched for
     /// `TRACEPARENT` at exec; 0 turns the search off.
