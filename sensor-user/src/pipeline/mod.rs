@@ -55,7 +55,7 @@ pub struct Pipeline {
     pub tracked: Option<BpfHashMap<MapData, u32, TrackedProcess>>,
     /// The kernel's map of TLS streams whose reads it passes over.
     pub tls_skip: Option<BpfHashMap<MapData, [u64; 2], u32>>,
-    /// The last skip written there, so one response is asked for once.
+    /// The last skip written there, so each response is requested once.
     pub last_tls_skip: Option<(StreamKey, u32)>,
     /// An agent was marked in the kernel since the file hooks were last
     /// checked, so they must be attached.
