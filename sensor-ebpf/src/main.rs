@@ -925,7 +925,7 @@ fn try_send(ctx: &TracePointContext) {
             ctx.read_at::<u64>(32).unwrap_or(0),
         )
     };
-    note_tls_fd(pid_tgid, fd);
+    note_tls_fd(pid_tgid, active_tls_call(pid_tgid), fd);
 
     if syscall == nr.sendto {
         // SAFETY: offsets 48 and 56 are addr and addr_len in sendto's record.
@@ -1289,13 +1289,14 @@ fn try_sock_send(ctx: &RawTracePointContext) {
     }
     let off = offsets();
     let pid_tgid = bpf_get_current_pid_tgid();
-    let sock_type: u16 = read_kernel(sk, off.sock_type);
+    let datagram = read_kernel::<u16>(sk, off.sock_type) == SOCK_DGRAM;
     // Most sends on a host are on stream sockets past their first writes
     // and outside `SSL_*` calls. Two lookups end their run before the
     // syscall's registers are read.
     // SAFETY: only the presence of the key is read.
-    let watched_stream = sock_type != SOCK_DGRAM && unsafe { STREAM_SOCKETS.get(&sk) }.is_some();
-    if sock_type != SOCK_DGRAM && !watched_stream && active_tls_call(pid_tgid).is_none() {
+    let watched_stream = !datagram && unsafe { STREAM_SOCKETS.get(&sk) }.is_some();
+    let tls_stream = active_tls_call(pid_tgid);
+    if !datagram && !watched_stream && tls_stream.is_none() {
         return;
     }
     let regs = syscall_registers(&off);
@@ -1307,9 +1308,9 @@ fn try_sock_send(ctx: &RawTracePointContext) {
     let fd = syscall_arg(regs, &off, 0) as i32;
     let arg1 = syscall_arg(regs, &off, 1);
     let arg2 = syscall_arg(regs, &off, 2);
-    note_tls_fd(pid_tgid, fd);
+    note_tls_fd(pid_tgid, tls_stream, fd);
 
-    if sock_type == SOCK_DGRAM {
+    if datagram {
         if syscall == nr.sendto {
             let addr = syscall_arg(regs, &off, 4);
             let addr_len = syscall_arg(regs, &off, 5);
@@ -1322,7 +1323,7 @@ fn try_sock_send(ctx: &RawTracePointContext) {
         }
         first_datagram(pid_tgid, sk, fd, &off);
     }
-    if !watched_stream && sock_type != SOCK_DGRAM {
+    if !datagram && !watched_stream {
         return;
     }
     let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u32 as u64);
@@ -1739,10 +1740,11 @@ pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
 }
 
 /// Records which socket an `SSL *` writes to when a write syscall happens
-/// inside an `SSL_*` call on this thread.
+/// inside an `SSL_*` call on this thread. `stream` is that call's `SSL *`,
+/// from [`active_tls_call`].
 #[inline(always)]
-fn note_tls_fd(pid_tgid: u64, fd: i32) {
-    let Some(stream) = active_tls_call(pid_tgid) else {
+fn note_tls_fd(pid_tgid: u64, stream: Option<u64>, fd: i32) {
+    let Some(stream) = stream else {
         return;
     };
     let key = [pid_tgid >> 32, stream];
@@ -1822,7 +1824,6 @@ fn tls_exit(ctx: &RetProbeContext, direction: u32) {
     let task = unsafe { bpf_get_current_task() };
     event.header = current_header(EventKind::Tls, task, &off);
     event.stream = call.stream;
-    // SAFETY: the value is copied out at once.
     let key = [pid_tgid >> 32, call.stream];
     (event.fd, event.writes) = match TLS_FDS.get_ptr_mut(&key) {
         Some(stream) => {

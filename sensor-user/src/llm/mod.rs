@@ -150,10 +150,31 @@ impl LlmStreams {
     /// stream evicts an old one, the old stream's unfinished messages are
     /// returned too.
     pub fn feed(&mut self, key: StreamKey, direction: Direction, data: &[u8], missing: usize, time_ns: u64) -> Vec<LlmEvent> {
-        let mut events = Vec::new();
         if missing > 0 {
             self.stats.gaps += 1;
         }
+        self.feed_call(key, Call { direction, data, missing, time_ns })
+    }
+
+    /// Takes a call whose plaintext the kernel did not copy because the
+    /// daemon requested a pass over an ignored response: the stream moves
+    /// past `bytes` as past a gap, without counting one.
+    pub fn skip(&mut self, key: StreamKey, direction: Direction, bytes: usize, time_ns: u64) -> Vec<LlmEvent> {
+        self.stats.skipped_calls += 1;
+        self.stats.skipped_bytes += bytes as u64;
+        self.feed_call(key, Call { direction, data: &[], missing: bytes, time_ns })
+    }
+
+    /// Returns how many bytes are left of the response `key` is reading
+    /// when none of them can be reported (see `Stream::ignored_response_left`).
+    pub fn ignored_response_left(&self, key: StreamKey) -> Option<u64> {
+        self.streams.get(&key).and_then(Stream::ignored_response_left)
+    }
+
+    /// Passes `call` to its stream, which is created when new, after the
+    /// least recently fed streams are evicted to make room.
+    fn feed_call(&mut self, key: StreamKey, call: Call<'_>) -> Vec<LlmEvent> {
+        let mut events = Vec::new();
         let tick = self.next_tick;
         self.next_tick += 1;
         if let Some(stream) = self.streams.get_mut(&key) {
@@ -172,28 +193,9 @@ impl LlmStreams {
         }
         self.recency.insert(tick, key);
         if let Some(stream) = self.streams.get_mut(&key) {
-            let call = Call { direction, data, missing, time_ns };
             stream.feed(call, &self.context, &mut self.stats, &mut events);
         }
         events
-    }
-
-    /// Takes a call whose plaintext the kernel did not copy because the
-    /// daemon asked it to pass over an ignored response: the stream moves
-    /// past `bytes` as past a gap, without counting one.
-    pub fn skip(&mut self, key: StreamKey, direction: Direction, bytes: usize, time_ns: u64) -> Vec<LlmEvent> {
-        self.stats.skipped_calls += 1;
-        self.stats.skipped_bytes += bytes as u64;
-        let gaps = self.stats.gaps;
-        let events = self.feed(key, direction, &[], bytes, time_ns);
-        self.stats.gaps = gaps;
-        events
-    }
-
-    /// Returns how many bytes are left of the response `key` is reading
-    /// when none of them can be reported (see `Stream::ignored_response_left`).
-    pub fn ignored_response_left(&self, key: StreamKey) -> Option<u64> {
-        self.streams.get(&key).and_then(Stream::ignored_response_left)
     }
 
     /// Ends a stream (its connection closed): a response read until close

@@ -86,7 +86,7 @@ pub struct Probes {
     /// The map of agent-tree processes; taken by the pipeline.
     pub tracked: Option<aya::maps::HashMap<MapData, u32, sensor_common::TrackedProcess>>,
     /// The map of TLS streams whose reads the kernel passes over, keyed by
-    /// `[tgid, SSL *]`; taken by the pipeline.
+    /// `[tgid, SSL *]`. The pipeline takes it.
     pub tls_skip: Option<aya::maps::HashMap<MapData, [u64; 2], u32>>,
     losses: PerCpuArray<MapData, u64>,
     pub report: StartReport,
@@ -343,29 +343,9 @@ impl Probes {
             .and_then(|map| {
                 PerCpuArray::try_from(map).map_err(|e| ProbeError::Map { name: "LOSSES", source: Some(e) })
             })?;
-        let tracked = match ebpf.take_map("TRACKED").map(aya::maps::HashMap::try_from) {
-            Some(Ok(map)) => Some(map),
-            other => {
-                let reason = match other {
-                    Some(Err(error)) => error_chain(&error),
-                    _ => "map missing from the eBPF object".to_owned(),
-                };
-                report.degraded.push(Degraded { hook: "agents.kernel_tracking".to_owned(), reason });
-                None
-            }
-        };
-        let tls_skip = match ebpf.take_map("TLS_SKIP").map(aya::maps::HashMap::try_from) {
-            Some(Ok(map)) => Some(map),
-            other => {
-                let reason = match other {
-                    Some(Err(error)) => error_chain(&error),
-                    _ => "map missing from the eBPF object".to_owned(),
-                };
-                // Plaintext of ignored responses is then copied in full.
-                report.degraded.push(Degraded { hook: "tls.skip_ignored_responses".to_owned(), reason });
-                None
-            }
-        };
+        let tracked = take_hash_map(&mut ebpf, "TRACKED", "agents.kernel_tracking", &mut report);
+        // Without TLS_SKIP, the plaintext of ignored responses is copied in full.
+        let tls_skip = take_hash_map(&mut ebpf, "TLS_SKIP", "tls.skip_ignored_responses", &mut report);
         Ok(Probes {
             ebpf,
             events: Some(events),
@@ -490,6 +470,23 @@ fn load(ebpf: &mut Ebpf, program: &str, kind: &Hook) -> Result<(), String> {
 enum LinkId {
     TracePoint(aya::programs::trace_point::TracePointLinkId),
     Raw(aya::programs::raw_trace_point::RawTracePointLinkId),
+}
+
+/// Takes a hash map that the daemon writes, or reports `feature` as
+/// degraded when the map cannot be opened.
+fn take_hash_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    feature: &str,
+    report: &mut StartReport,
+) -> Option<aya::maps::HashMap<MapData, K, V>> {
+    let reason = match ebpf.take_map(name).map(aya::maps::HashMap::try_from) {
+        Some(Ok(map)) => return Some(map),
+        Some(Err(error)) => error_chain(&error),
+        None => "map missing from the eBPF object".to_owned(),
+    };
+    report.degraded.push(Degraded { hook: feature.to_owned(), reason });
+    None
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, hook: &Hook) -> Result<LinkId, String> {
